@@ -1,0 +1,75 @@
+"""What a heartbeat says, as plain data: the codec turns these into bytes and back.
+
+Kept free of scapy and sockets so the election core and the simulator can use
+the same types without importing the I/O layers.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+VRRP_PROTO = 112
+VRRP_GROUP = "224.0.0.18"
+VRRP_TTL = 255
+
+NAME_MAX = 253          # a Kubernetes-style object name, in UTF-8 bytes
+HEARD_MAX = 32          # peers listed per advert; more would not fit one MTU
+
+
+class Role(enum.IntEnum):
+    STANDBY = 0
+    ACTIVE = 1
+
+
+class Reject(enum.StrEnum):
+    """Why a received datagram was dropped; the values are the metric label values."""
+
+    TRUNCATED = "truncated"        # shorter than its headers or lengths claim
+    MALFORMED = "malformed"        # not IPv4/112, bad lengths, bad UTF-8, trailing bytes
+    TTL = "ttl"                    # IP TTL != 255: it crossed a router (RFC 5798 5.1.1.3)
+    CHECKSUM = "checksum"          # IPv4 header or VRRP (pseudo-header) checksum wrong
+    VERSION = "version"            # VRRP version != 3, or unknown vipmgr trailer version
+    TYPE = "type"                  # VRRP type != 1 (advertisement)
+    FOREIGN = "foreign"            # valid VRRPv3 without the vipmgr trailer (e.g. keepalived)
+    AUTH = "auth"                  # HMAC missing when required, unknown scheme, or wrong
+    UNKNOWN_GATEWAY = "unknown_gateway"  # gateway not configured here
+    VRID = "vrid"                  # gateway known, but the VRID differs from ours
+    OWN = "own"                    # our own node name: a loop or a spoof
+    REPLAY = "replay"              # sequence already seen or older than the window
+    CAPACITY = "capacity"          # too many distinct senders for one gateway
+
+
+@dataclass(frozen=True, slots=True)
+class Advert:
+    """One node's heartbeat for one gateway.
+
+    ``epoch`` is the etcd ``create_revision`` of the authority key the sender
+    believes in (0: none). ``heard`` lists the peers of this gateway the sender
+    currently hears, which the election core uses to tell the isolated side.
+    ``priority`` is the VRRP priority byte (0 means "releasing", as in VRRP).
+    """
+
+    node: str
+    gateway: str
+    vrid: int
+    role: Role
+    epoch: int
+    priority: int
+    interval_ms: int
+    egress_ip: str | None
+    healthy: bool
+    etcd_reachable: bool
+    heard: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A datagram that parsed cleanly: the advert plus what the envelope said."""
+
+    advert: Advert
+    seq: int
+    src: str
+    dst: str
+    authenticated: bool    # carried an HMAC (verified only by the Receiver)
+    key_index: int | None = None   # which configured key verified it (set by the Receiver)
