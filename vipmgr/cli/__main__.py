@@ -1,0 +1,3 @@
+from vipmgr.cli.main import main
+
+main()
