@@ -9,6 +9,7 @@ sysfs would show the namespace sysfs was mounted for, not necessarily ours.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -77,6 +78,9 @@ def _short(text: str) -> str:
 
 
 def _os_error(exc: OSError) -> str:
+    """The errno's text ("Connection refused"); resolver errors carry negative codes."""
+    if exc.errno and exc.errno > 0:
+        return os.strerror(exc.errno)
     return _short(exc.strerror or str(exc))
 
 
@@ -126,7 +130,8 @@ async def _check_exec(probe: ExecProbe) -> CheckResult:
         output, _ = await proc.communicate()
     finally:
         if proc.returncode is None:  # timed out or cancelled: kill the whole group
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
     lines = output.decode(errors="replace").strip().splitlines()
     said = f": {_short(lines[-1])}" if lines else ""
