@@ -4,8 +4,9 @@ The socket is ``AF_INET/SOCK_RAW/112``: the kernel hands it protocol-112
 datagrams only, so the agent wakes for nothing else (that is the kernel filter;
 a BPF program on top would only hide packets we want to count as rejects).
 ``SO_BINDTODEVICE`` pins it to the interface; the encoder writes the IP header
-itself (``IP_HDRINCL``) so TTL is 255 and the bytes are exactly what a pcap
-shows. It joins 224.0.0.18 on that interface, or sends a copy to each
+itself (``IP_HDRINCL``), so TTL 255 is in the bytes (no IP_TTL/IP_MULTICAST_TTL
+needed) and the bytes are exactly what a pcap shows. The source address is the
+interface's primary IPv4, looked up per send unless given. It joins 224.0.0.18 on that interface, or sends a copy to each
 configured unicast peer instead.
 
 Usage by the agent::
@@ -38,7 +39,7 @@ from collections import Counter
 from typing import Callable, Sequence, TypeVar
 
 from vipmgr.wire.codec import MAX_DATAGRAM, Encoder
-from vipmgr.wire.message import VRRP_GROUP, VRRP_PROTO, VRRP_TTL, Advert, Reject
+from vipmgr.wire.message import VRRP_GROUP, VRRP_PROTO, Advert, Reject
 from vipmgr.wire.receiver import Receiver
 
 SIOCGIFADDR = 0x8915
@@ -62,7 +63,6 @@ def open_vrrp_socket(ifname: str, *, multicast: bool = True) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, VRRP_TTL)
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
         if multicast:
             ifindex = socket.if_nametoindex(ifname)
