@@ -27,9 +27,10 @@ class NetnsError(RuntimeError):
 
 
 def _run(argv: Sequence[str], *, check: bool = True, input: str | None = None,
-         timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+         timeout: float = 30.0, env: dict[str, str] | None = None
+         ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(list(argv), capture_output=True, text=True, input=input,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise NetnsError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
     return proc
@@ -64,8 +65,10 @@ class Netns:
         return ["ip", "netns", "exec", self.name, *cmd]
 
     def run(self, cmd: Sequence[str], *, check: bool = True, input: str | None = None,
-            timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-        return _run(self.argv(cmd), check=check, input=input, timeout=timeout)
+            timeout: float = 30.0, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        """Run to completion; ``env`` is the whole environment (None: inherit ours)."""
+        return _run(self.argv(cmd), check=check, input=input, timeout=timeout, env=env)
 
     def sh(self, script: str, *, check: bool = True, timeout: float = 30.0
            ) -> subprocess.CompletedProcess[str]:
@@ -172,19 +175,21 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
+def delete_namespace(name: str) -> None:
+    """Kill every process inside namespace ``name``, then delete it. A missing name is fine."""
+    out = _run(["ip", "netns", "pids", name], check=False).stdout
+    for pid in (int(p) for p in out.split()):
+        try:
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _run(["ip", "netns", "del", name], check=False)
+
+
 def cleanup_prefix(prefix: str) -> list[str]:
     """Kill what runs in, and delete, every namespace whose name starts with ``prefix``."""
-    removed = []
-    for name in list_namespaces():
-        if not name.startswith(prefix):
-            continue
-        out = _run(["ip", "netns", "pids", name], check=False).stdout
-        for pid in (int(p) for p in out.split()):
-            try:
-                os.kill(pid, signal.SIGCONT)
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        _run(["ip", "netns", "del", name], check=False)
-        removed.append(name)
+    removed = [name for name in list_namespaces() if name.startswith(prefix)]
+    for name in removed:
+        delete_namespace(name)
     return removed

@@ -1,0 +1,155 @@
+"""The lab's "what is my IP" service (the seed's ``curl ip.flant.ru``) and its client.
+
+``serve`` answers every HTTP request with the source address it sees
+(``"<ip>\\n"``) and, for the failover benchmark, records every UDP datagram:
+a datagram starts with an ASCII sequence number (``b"42"`` or ``b"42 anything"``);
+the service appends ``"<seq> <source ip> <arrival CLOCK_MONOTONIC>"`` to the
+log and replies ``"<seq> <source ip>\\n"``. CLOCK_MONOTONIC is one clock for
+every namespace of a host, so a sender in another namespace can compare its
+own send times with the arrival times.
+
+``get`` is the tiny HTTP client ``vipmgr lab curl`` runs inside a VM's
+namespace. Pure standard library, so it starts fast and needs no curl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import sys
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+HTTP_PORT = 80
+UDP_PORT = 7
+REQUEST_TIMEOUT = 5.0
+MAX_REQUEST = 16384
+
+
+@dataclass(frozen=True)
+class UdpRecord:
+    """One datagram as the echo service saw it."""
+
+    seq: int
+    source: str
+    arrival: float  # CLOCK_MONOTONIC seconds
+
+    def line(self) -> str:
+        return f"{self.seq} {self.source} {self.arrival:.6f}\n"
+
+    @classmethod
+    def parse(cls, line: str) -> "UdpRecord":
+        seq, source, arrival = line.split()
+        return cls(int(seq), source, float(arrival))
+
+
+def read_udp_log(path: str | Path) -> list[UdpRecord]:
+    """Every complete record of an echo UDP log (a half-written last line is skipped)."""
+    text = Path(path).read_text()
+    return [UdpRecord.parse(line) for line in text.splitlines(keepends=True)
+            if line.endswith("\n")]
+
+
+def parse_seq(payload: bytes) -> int | None:
+    head = payload.split(b" ", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+async def _handle_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    source = writer.get_extra_info("peername")[0]
+    try:
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+        body = f"{source}\n".encode()
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+    except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+            ConnectionError):
+        pass  # a client that never finished its request gets no answer
+    finally:
+        writer.close()
+
+
+class _UdpEcho(asyncio.DatagramProtocol):
+    def __init__(self, log: TextIO | None) -> None:
+        self.log = log
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        seq = parse_seq(data)
+        if seq is None:
+            return
+        record = UdpRecord(seq, addr[0], time.monotonic())
+        if self.log is not None:
+            self.log.write(record.line())
+        self.transport.sendto(f"{seq} {addr[0]}\n".encode(), addr)
+
+
+async def serve(bind: str = "0.0.0.0", http_port: int = HTTP_PORT, udp_port: int = UDP_PORT,
+                udp_log: str | None = None) -> None:
+    """Run until cancelled. Binds the wildcard by default: addresses may appear later."""
+    log = open(udp_log, "a", buffering=1) if udp_log else None
+    server = await asyncio.start_server(_handle_http, bind, http_port, limit=MAX_REQUEST,
+                                        reuse_address=True)
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: _UdpEcho(log), local_addr=(bind, udp_port))
+    try:
+        async with server:
+            await server.serve_forever()
+    finally:
+        transport.close()
+        if log is not None:
+            log.close()
+
+
+def get(url: str, timeout: float = 2.0) -> str:
+    """GET ``url`` and return the body; OSError/HTTPException on failure or a non-200 status."""
+    parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    conn = http.client.HTTPConnection(parts.hostname, parts.port or HTTP_PORT, timeout=timeout)
+    try:
+        conn.request("GET", parts.path or "/")
+        resp = conn.getresponse()
+        body = resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise http.client.HTTPException(f"HTTP {resp.status} from {url}: {body.strip()[:200]}")
+    return body
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vipmgr.lab.echo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run the echo service")
+    p_serve.add_argument("--bind", default="0.0.0.0")
+    p_serve.add_argument("--http-port", type=int, default=HTTP_PORT)
+    p_serve.add_argument("--udp-port", type=int, default=UDP_PORT)
+    p_serve.add_argument("--udp-log", help="append one line per UDP datagram to this file")
+    p_get = sub.add_parser("get", help="HTTP GET a URL and print the body (exit 1 on failure)")
+    p_get.add_argument("url")
+    p_get.add_argument("--timeout", type=float, default=2.0)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        try:
+            asyncio.run(serve(args.bind, args.http_port, args.udp_port, args.udp_log))
+        except KeyboardInterrupt:
+            pass
+        return 0
+    try:
+        sys.stdout.write(get(args.url, args.timeout))
+    except (OSError, http.client.HTTPException) as exc:
+        print(f"GET {args.url}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
