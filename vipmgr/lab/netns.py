@@ -123,8 +123,13 @@ class NetnsLab:
         return self.namespaces[short]
 
     def add_bridge(self, short: str) -> Netns:
-        """A bridge: a namespace holding Linux bridge ``br0`` (no STP, no forwarding delay)."""
+        """A bridge: a namespace holding Linux bridge ``br0`` (no STP, no forwarding delay).
+
+        IPv6 is off in it, so the segment carries no link-local chatter of its own.
+        """
         ns = self.add(short)
+        ns.run(["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1"])
         ns.ip("link", "add", "br0", "type", "bridge", "forward_delay", "0", "stp_state", "0")
         ns.up("br0")
         return ns

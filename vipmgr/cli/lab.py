@@ -1,0 +1,185 @@
+"""``vipmgr lab``: containerlab topologies on bare network namespaces.
+
+The same ``lab/*.clab.yml`` deploys with ``containerlab deploy -t`` where
+Docker exists; here every node is a network namespace (``vl-<lab>-<node>``),
+every bridge a namespace holding a Linux bridge, and nothing touches the
+host's own interfaces. See docs/lab.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from vipmgr.lab import runtime
+from vipmgr.lab.runtime import FAULTS, Lab, LabError
+from vipmgr.lab.topology import Topology, TopologyError, default_topology_path, load
+
+name_option = click.option("-n", "--name", envvar="VIPMGR_LAB", metavar="LAB",
+                           help="lab name (default: the one lab that is up; $VIPMGR_LAB)")
+
+
+def _running_lab(name: str | None) -> Lab:
+    """The lab a command acts on: ``name``, or the only lab that is up."""
+    try:
+        if name:
+            return Lab.load(name)
+        labs = runtime.running_labs()
+        if not labs:
+            raise click.ClickException("no lab is up: start one with 'vipmgr lab up'")
+        if len(labs) > 1:
+            raise click.ClickException(f"several labs are up ({', '.join(labs)}): pass --name")
+        return Lab.load(labs[0])
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _load(path: str | None, name: str | None) -> Topology:
+    try:
+        topo = load(path or default_topology_path())
+        return topo.renamed(name) if name else topo
+    except (TopologyError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def lab() -> None:
+    """Network-namespace labs from containerlab topology files (lab/*.clab.yml)."""
+
+
+@lab.command()
+@click.option("-t", "--topo", type=click.Path(exists=True, dir_okay=False),
+              help="topology file (default: lab/egress.clab.yml)")
+@click.option("-n", "--name", help="deploy under this lab name instead of the file's")
+@click.option("--timeout", type=float, default=runtime.UP_TIMEOUT, show_default=True,
+              help="seconds until every healthcheck must pass")
+def up(topo: str | None, name: str | None, timeout: float) -> None:
+    """Create the lab's namespaces, links and processes; wait until it is ready."""
+    topology = _load(topo, name)
+    try:
+        deployed = runtime.deploy(topology, timeout=timeout,
+                                  progress=lambda msg: click.echo(f"  {msg}", err=True))
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
+    st = deployed.state
+    click.echo(f"lab {st.name} is up in {st.up_seconds:.1f} s: {len(st.nodes)} namespaces "
+               f"{st.prefix}*, etcd {st.etcd_url or '(none)'}")
+    click.echo(f"state {deployed.state_dir}, logs and workdirs {st.tmpdir}")
+    click.echo("\nTry:")
+    flag = "" if name is None else f" --name {st.name}"
+    vms = [n.name for n in topology.nodes.values() if n.labels.get("vipmgr.io/role") == "vm"]
+    for vm in vms:
+        click.echo(f"  vipmgr lab curl{flag} {vm:<22} # the source IP the echo service sees")
+    linux = [n.name for n in topology.nodes.values() if not n.is_bridge]
+    click.echo(f"  vipmgr lab exec{flag} {linux[0]} -- ip -br addr")
+    click.echo(f"  vipmgr lab status{flag}")
+    click.echo(f"  vipmgr lab fault{flag} NODE crash|freeze|linkdown|...|heal")
+    click.echo(f"  vipmgr lab down{flag}")
+
+
+@lab.command()
+@name_option
+@click.option("-t", "--topo", type=click.Path(dir_okay=False),
+              help="take the lab name from this topology file")
+@click.option("--all", "all_labs", is_flag=True, help="every lab that is up")
+def down(name: str | None, topo: str | None, all_labs: bool) -> None:
+    """Stop every process and remove every namespace, temp and state dir. Idempotent."""
+    if all_labs:
+        names = runtime.running_labs()
+    elif name:
+        names = [name]
+    elif topo:
+        names = [_load(topo, None).name]
+    else:
+        names = runtime.running_labs() or [_load(None, None).name]
+        if len(names) > 1:
+            raise click.ClickException(f"several labs are up ({', '.join(names)}): "
+                                       "pass --name or --all")
+    for lab_name in names:
+        removed = runtime.destroy(lab_name)
+        click.echo(f"lab {lab_name} is down ({len(removed)} namespaces removed)")
+
+
+@lab.command()
+@name_option
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def status(name: str | None, as_json: bool) -> None:
+    """Nodes, their main processes, faults and addresses."""
+    info = _running_lab(name).status()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"lab {info['name']}  topology {info['topology']}  up in {info['up_seconds']} s")
+    click.echo(f"etcd {info['etcd']}  state {info['state_dir']}  tmp {info['tmpdir']}")
+    click.echo(f"{'NODE':<13}{'KIND':<8}{'PROCESS':<16}{'FAULTS':<21} ADDRESSES")
+    for node, n in info["nodes"].items():
+        proc = n["process"] if n["pid"] is None else f"{n['process']} {n['pid']}"
+        if not n["present"]:
+            proc = "NAMESPACE GONE"
+        addrs = " ".join(f"{ifname}={','.join(c)}" for ifname, c in n["addresses"].items())
+        click.echo(f"{node:<13}{n['kind']:<8}{proc:<16}{','.join(n['faults']) or '-':<21} {addrs}")
+
+
+@lab.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@name_option
+@click.argument("node")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec(name: str | None, node: str, argv: tuple[str, ...]) -> None:  # noqa: A001 - the verb
+    """Run a command in NODE's namespace with the lab's VIPMGR_ETCD set.
+
+    \b
+    vipmgr lab exec gw-a -- ip -br addr
+    vipmgr lab exec gw-a -- vipmgr status
+    """
+    deployed = _running_lab(name)
+    try:
+        ns = deployed.netns(node)
+        env = deployed.env(node)
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
+    if argv[0] == "--":  # click keeps the separator once positional parsing has stopped
+        argv = argv[1:]
+    if not argv:
+        raise click.UsageError("no command given after NODE")
+    sys.stdout.flush()
+    os.execvpe("ip", ns.argv(list(argv)), env)
+
+
+@lab.command()
+@name_option
+@click.argument("vm")
+@click.option("--dst", default="203.0.113.10", show_default=True, help="echo service address")
+@click.option("--port", type=int, default=80, show_default=True)
+@click.option("--timeout", type=float, default=2.0, show_default=True)
+def curl(name: str | None, vm: str, dst: str, port: int, timeout: float) -> None:
+    """Print the source address the echo service sees for a request from VM."""
+    try:
+        click.echo(_running_lab(name).curl(vm, dst, port, timeout))
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@lab.command()
+@name_option
+@click.argument("node")
+@click.argument("kind", type=click.Choice(FAULTS))
+@click.option("--iface", default="eth1", show_default=True, help="interface for linkdown")
+def fault(name: str | None, node: str, kind: str, iface: str) -> None:
+    """Inject a fault into NODE, or heal all of its faults.
+
+    \b
+    crash                SIGKILL the node's main process (heal restarts it)
+    freeze               SIGSTOP it (heal sends SIGCONT)
+    linkdown             set --iface down
+    heartbeat-partition  drop IP protocol 112 (VRRP) in and out of the node
+    etcd-partition       drop traffic between the node and etcd
+    heal                 undo every fault of the node
+    """
+    try:
+        _running_lab(name).fault(node, kind, iface)
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{node}: {kind}")
