@@ -12,6 +12,7 @@ import dataclasses
 import random
 import socket
 import struct
+from collections import Counter
 
 import pytest
 
@@ -60,13 +61,14 @@ def test_heartbeats_silence_and_forgery(lab, keys):
     good, wrong = keys
     ring = KeyRing((good,), require_auth=True)
     got: dict[str, list[tuple[str, str, str]]] = {"a": [], "b": []}
+    rejected: Counter[str] = Counter()
 
     def transport(short: str, key: bytes, peers=None) -> HeartbeatTransport:
         sock = in_netns(lab[short].name, lambda: open_vrrp_socket("eth0", multicast=peers is None))
         return HeartbeatTransport(
             sock, "eth0", Encoder(key), Receiver(f"node-{short}", {GW: VRID}, ring),
             lambda adv, src, ifname: got.setdefault(short, []).append((adv.node, src, ifname)),
-            peers=peers)
+            peers=peers, on_reject=lambda reason, ifname: rejected.update([f"{short}:{reason}"]))
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -126,6 +128,7 @@ def test_heartbeats_silence_and_forgery(lab, keys):
             assert rb.counters[Reject.REPLAY] == 0
             assert ta.send_errors == tb.send_errors == {}
             assert loop_errors == []
+            assert rejected == {f"b:{r}": n for r, n in rb.counters.items() if r != "accepted"}
         finally:
             beating.cancel()
             for t in (ta, tb, tm):

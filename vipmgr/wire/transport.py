@@ -20,7 +20,8 @@ Usage by the agent::
     t.close()
 
 ``on_advert(advert, src_ip, ifname)`` is called once per accepted datagram;
-rejects are counted in ``receiver.counters``; send failures (interface down,
+rejects are counted in ``receiver.counters`` and, if given, reported to
+``on_reject(reason, ifname)`` (for ``AgentMetrics.heartbeat_rejected``); send failures (interface down,
 output dropped by a firewall) are counted in ``send_errors`` by errno name and
 never raised, because a heartbeat timer must keep running.
 """
@@ -47,6 +48,7 @@ RECV_BATCH = 64     # datagrams per wakeup, so a flood cannot starve the loop
 CLONE_NEWNET = 0x40000000
 
 OnAdvert = Callable[[Advert, str, str], None]
+OnReject = Callable[[Reject, str], None]
 T = TypeVar("T")
 
 
@@ -114,12 +116,13 @@ class HeartbeatTransport:
 
     def __init__(self, sock: socket.socket, ifname: str, encoder: Encoder, receiver: Receiver,
                  on_advert: OnAdvert, *, peers: Sequence[str] | None = None,
-                 src_ip: str | None = None):
+                 src_ip: str | None = None, on_reject: OnReject | None = None):
         self.sock = sock
         self.ifname = ifname
         self.encoder = encoder
         self.receiver = receiver
         self.on_advert = on_advert
+        self.on_reject = on_reject
         self.destinations = tuple(peers) if peers else (VRRP_GROUP,)
         self.src_ip = src_ip
         self.sent = 0
@@ -166,6 +169,8 @@ class HeartbeatTransport:
             result = self.receiver.process(view[:n], now)
             if not isinstance(result, Reject):
                 self.on_advert(result.advert, result.src, self.ifname)
+            elif self.on_reject is not None:
+                self.on_reject(result, self.ifname)
 
     def close(self) -> None:
         if self._loop is not None:
