@@ -47,7 +47,7 @@ def evaluate_eligibility(*, health_ready: bool, health_reasons: Sequence[str] = 
     if not health_ready:
         reasons["ready"] = "; ".join(health_reasons) or "health probes not passing"
     if cordoned:
-        reasons["not_cordoned"] = "node is cordoned (an operator drained it; uncordon to allow)"
+        reasons["not_cordoned"] = "node is cordoned ('vipmgr uncordon NODE' allows it again)"
     if not datapath_ready:
         reasons["datapath_ready"] = "; ".join(datapath_reasons) or "dataplane self-check failing"
     if not selected:
