@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
-
 from vipmgr.wire.codec import Encoder
 from vipmgr.wire.keys import KeyRing
 from vipmgr.wire.message import Frame, Reject

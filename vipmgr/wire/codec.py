@@ -30,7 +30,6 @@ from __future__ import annotations
 import hmac
 import socket
 import struct
-import sys
 import time
 from array import array
 
