@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import socket
+import struct
 import sys
 import time
 import urllib.parse
@@ -28,6 +30,7 @@ HTTP_PORT = 80
 UDP_PORT = 7
 REQUEST_TIMEOUT = 5.0
 MAX_REQUEST = 16384
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 lacks the name
 
 
 @dataclass(frozen=True)
@@ -74,22 +77,38 @@ async def _handle_http(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
         writer.close()
 
 
-class _UdpEcho(asyncio.DatagramProtocol):
-    def __init__(self, log: TextIO | None) -> None:
+class _UdpEcho:
+    """UDP side on a wildcard socket that answers from the address each datagram was sent to.
+
+    With a plain wildcard socket the kernel would pick the reply's source by
+    route (the router's own address), and NAT on the way back would not match
+    the flow; IP_PKTINFO tells us, and sets, the local address per datagram.
+    """
+
+    def __init__(self, sock: socket.socket, log: TextIO | None) -> None:
+        self.sock = sock
         self.log = log
-        self.transport: asyncio.DatagramTransport | None = None
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        seq = parse_seq(data)
-        if seq is None:
-            return
-        record = UdpRecord(seq, addr[0], time.monotonic())
-        if self.log is not None:
-            self.log.write(record.line())
-        self.transport.sendto(f"{seq} {addr[0]}\n".encode(), addr)
+    def readable(self) -> None:
+        while True:
+            try:
+                data, ancdata, _flags, addr = self.sock.recvmsg(2048, socket.CMSG_SPACE(12))
+            except BlockingIOError:
+                return
+            seq = parse_seq(data)
+            if seq is None:
+                continue
+            record = UdpRecord(seq, addr[0], time.monotonic())
+            if self.log is not None:
+                self.log.write(record.line())
+            local = next((cdata[8:12] for level, kind, cdata in ancdata
+                          if level == socket.IPPROTO_IP and kind == IP_PKTINFO), None)
+            anc = ([(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=i4s4s", 0, local, bytes(4)))]
+                   if local else [])
+            try:
+                self.sock.sendmsg([f"{seq} {addr[0]}\n".encode()], anc, 0, addr)
+            except OSError:
+                pass  # the sender's path is down: the record above is what the benchmark reads
 
 
 async def serve(bind: str = "0.0.0.0", http_port: int = HTTP_PORT, udp_port: int = UDP_PORT,
@@ -98,13 +117,18 @@ async def serve(bind: str = "0.0.0.0", http_port: int = HTTP_PORT, udp_port: int
     log = open(udp_log, "a", buffering=1) if udp_log else None
     server = await asyncio.start_server(_handle_http, bind, http_port, limit=MAX_REQUEST,
                                         reuse_address=True)
-    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-        lambda: _UdpEcho(log), local_addr=(bind, udp_port))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    udp.setblocking(False)
+    udp.bind((bind, udp_port))
+    loop = asyncio.get_running_loop()
+    loop.add_reader(udp.fileno(), _UdpEcho(udp, log).readable)
     try:
         async with server:
             await server.serve_forever()
     finally:
-        transport.close()
+        loop.remove_reader(udp.fileno())
+        udp.close()
         if log is not None:
             log.close()
 

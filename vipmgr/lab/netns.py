@@ -27,10 +27,10 @@ class NetnsError(RuntimeError):
 
 
 def _run(argv: Sequence[str], *, check: bool = True, input: str | None = None,
-         timeout: float = 30.0, env: dict[str, str] | None = None
+         timeout: float = 30.0, env: dict[str, str] | None = None, cwd: str | None = None
          ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(list(argv), capture_output=True, text=True, input=input,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=env, cwd=cwd)
     if check and proc.returncode != 0:
         raise NetnsError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
     return proc
@@ -65,10 +65,10 @@ class Netns:
         return ["ip", "netns", "exec", self.name, *cmd]
 
     def run(self, cmd: Sequence[str], *, check: bool = True, input: str | None = None,
-            timeout: float = 30.0, env: dict[str, str] | None = None
+            timeout: float = 30.0, env: dict[str, str] | None = None, cwd: str | None = None
             ) -> subprocess.CompletedProcess[str]:
         """Run to completion; ``env`` is the whole environment (None: inherit ours)."""
-        return _run(self.argv(cmd), check=check, input=input, timeout=timeout, env=env)
+        return _run(self.argv(cmd), check=check, input=input, timeout=timeout, env=env, cwd=cwd)
 
     def sh(self, script: str, *, check: bool = True, timeout: float = 30.0
            ) -> subprocess.CompletedProcess[str]:

@@ -103,6 +103,7 @@ class LabState:
     etcd_url: str | None
     created: float
     nodes: dict[str, NodeState]
+    links: list[list[str]] = field(default_factory=list)  # [node, iface, node, iface]
     up_seconds: float | None = None
 
     @classmethod
@@ -173,8 +174,9 @@ class Lab:
 
     def exec(self, node: str, argv: Sequence[str], *, check: bool = False,
              timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` to completion in the node's namespace with the node's environment."""
-        return self.netns(node).run(argv, check=check, timeout=timeout, env=self.env(node))
+        """Run ``argv`` to completion in the node's namespace, environment and workdir."""
+        return self.netns(node).run(argv, check=check, timeout=timeout, env=self.env(node),
+                                    cwd=str(self.workdir(node)))
 
     def process_state(self, node: str) -> str:
         """``none`` (no main process), ``running``, ``frozen`` or ``exited``."""
@@ -201,7 +203,6 @@ class Lab:
             st.cmd = list(cmd)
         if not st.cmd:
             raise LabError(f"{node}: no cmd to start")
-        self.workdir(node).mkdir(parents=True, exist_ok=True)
         with open(self.log_path(node), "ab") as log:
             proc = subprocess.Popen(self.netns(node).argv(st.cmd), env=self.env(node),
                                     cwd=self.workdir(node), stdin=subprocess.DEVNULL,
@@ -273,8 +274,9 @@ class Lab:
     def fault(self, node: str, kind: str, iface: str = "eth1") -> None:
         """Inject one fault into a node, or ``heal`` every fault it has.
 
-        crash: SIGKILL the main process; freeze: SIGSTOP it; linkdown: ``iface``
-        down; heartbeat-partition: drop IP protocol 112 in and out;
+        crash: SIGKILL the main process; freeze: SIGSTOP it; linkdown: the far
+        end of ``iface``'s link goes down, so the node loses carrier but keeps
+        its addresses and routes (a pulled cable); heartbeat-partition: drop IP protocol 112 in and out;
         etcd-partition: drop traffic to and from the etcd address. Packet drops
         are one nft table inside the node's namespace, so heal removes them whole.
         """
@@ -291,7 +293,8 @@ class Lab:
                 while self.process_state(node) != "exited" and time.monotonic() < deadline:
                     time.sleep(0.01)
         elif kind == "linkdown":
-            self.netns(node).ip("link", "set", iface, "down")
+            peer, peer_if = self.peer(node, iface)
+            self.netns(peer).ip("link", "set", peer_if, "down")
             kind = f"linkdown:{iface}"
         elif kind == "heartbeat-partition":
             self._drop(node, [f"ip protocol {VRRP_PROTO} drop"], [f"ip protocol {VRRP_PROTO} drop"])
@@ -305,6 +308,15 @@ class Lab:
         if kind not in st.faults:
             st.faults.append(kind)
         self.save()
+
+    def peer(self, node: str, iface: str) -> tuple[str, str]:
+        """The other end (node, interface) of the link on ``node:iface``."""
+        for a, a_if, b, b_if in self.state.links:
+            if (a, a_if) == (node, iface):
+                return b, b_if
+            if (b, b_if) == (node, iface):
+                return a, a_if
+        raise LabError(f"{node}:{iface} is not an endpoint of any link in lab {self.name!r}")
 
     def _drop(self, node: str, inbound: list[str], outbound: list[str]) -> None:
         script = [f"table inet {FAULT_TABLE} {{",
@@ -321,7 +333,8 @@ class Lab:
         self._signal(node, signal.SIGCONT)
         for fault in st.faults:
             if fault.startswith("linkdown:"):
-                ns.up(fault.split(":", 1)[1])
+                peer, peer_if = self.peer(node, fault.split(":", 1)[1])
+                self.netns(peer).up(peer_if)
         ns.run(["nft", "delete", "table", "inet", FAULT_TABLE], check=False)
         st.faults.clear()
         self.save()
@@ -405,7 +418,8 @@ def deploy(topology: Topology, *, root: Path | None = None, timeout: float = UP_
         etcd_url=_etcd_url(topology), created=time.time(),
         nodes={n.name: NodeState(n.name, n.kind, prefix + n.name, list(n.cmd), dict(n.env),
                                  list(n.healthcheck))
-               for n in topology.nodes.values()}), root)
+               for n in topology.nodes.values()},
+        links=[[l.a.node, l.a.iface, l.b.node, l.b.iface] for l in topology.links]), root)
     lab.save()
     try:
         _build(lab, topology, say)
@@ -432,6 +446,7 @@ def _build(lab: Lab, topology: Topology, say: Callable[[str], None]) -> None:
     nl = lab._netns
     say(f"creating {len(topology.nodes)} namespaces ({lab.state.prefix}*)")
     for node in topology.nodes.values():
+        lab.workdir(node.name).mkdir()
         if node.is_bridge:
             nl.add_bridge(node.name)
         else:
