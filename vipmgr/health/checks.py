@@ -48,7 +48,8 @@ async def check(probe: Probe) -> CheckResult:
 async def run_monitor(monitor: HealthMonitor,
                       on_transition: Callable[[Transition], None] | None = None,
                       clock: Callable[[], float] = time.time) -> None:
-    """Check every probe of ``monitor`` every ``interval`` until cancelled.
+    """Check every probe of ``monitor`` every ``interval`` until cancelled
+    (returns at once when no probe is configured: the node is then Ready).
 
     ``clock`` stamps results (wall time, for "down since" in status views);
     scheduling uses the loop's monotonic clock. After SIGHUP, cancel this task,
