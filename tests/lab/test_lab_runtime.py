@@ -151,7 +151,7 @@ def test_etcd_partition_cuts_only_that_node_from_etcd(egress_lab):
 
 
 RAW_RECV = ("import socket, sys\n"
-            "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 112); s.settimeout(1.5)\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 112); s.settimeout(0.8)\n"
             "print('open', flush=True)\n"
             "try:\n    s.recv(100); print('got')\nexcept socket.timeout:\n    print('none')\n")
 RAW_SEND = ("import socket, sys, time\n"
@@ -159,7 +159,7 @@ RAW_SEND = ("import socket, sys, time\n"
             "for _ in range(10):\n"
             "    try:\n        s.sendto(b'x' * 20, (sys.argv[1], 0))\n"
             "    except PermissionError:\n        pass  # refused by our own output hook\n"
-            "    time.sleep(0.05)\n")
+            "    time.sleep(0.03)\n")
 
 
 def vrrp_gets_through(lab: Lab, src: str, dst: str, dst_ip: str) -> bool:
