@@ -119,6 +119,25 @@ def test_freeze_stops_the_process_and_heal_thaws_it(egress_lab):
     assert egress_lab.node("gw-b").pid == pid
 
 
+def test_stop_and_start_a_main_process_like_an_agent(egress_lab):
+    try:
+        egress_lab.start("worker-a", ["sh", "-c", "echo started $VIPMGR_ETCD; exec sleep 600"])
+        assert egress_lab.process_state("worker-a") == "running"
+        deadline = time.monotonic() + 5
+        while "started" not in egress_lab.log_tail("worker-a") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(LabError, match="still running"):
+            egress_lab.start("worker-a")
+        egress_lab.stop("worker-a")  # SIGTERM: the graceful path
+        assert egress_lab.process_state("worker-a") == "exited"
+        assert "started http://198.51.100.2:2379" in egress_lab.log_tail("worker-a")
+    finally:  # back to the topology's "no main process" for the other tests of the module
+        egress_lab.stop("worker-a")
+        egress_lab.node("worker-a").cmd = []
+        egress_lab.node("worker-a").pid = None
+        egress_lab.save()
+
+
 def test_faults_need_a_main_process(egress_lab):
     with pytest.raises(LabError, match="no running main process"):
         egress_lab.fault("worker-a", "crash")
@@ -251,6 +270,15 @@ def test_a_failing_up_leaves_nothing_behind(lab_name, node, why):
     assert not [ns for ns in list_namespaces() if ns.startswith(f"vl-{lab_name}-")]
     assert {p.name for p in Path("/tmp").glob(f"vipmgr-lab-{lab_name}-*")} == tmp_before
     assert not (state_root() / lab_name).exists()
+
+
+def test_up_clears_leftover_namespaces_of_a_lost_lab(lab_name):
+    stale = f"vl-{lab_name}-gw-a"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    lab = deploy(seed_topology(lab_name))
+    assert lab.curl("gw-a") == "192.0.2.11"
+    destroy(lab_name)
+    assert stale not in list_namespaces()
 
 
 def test_cli_up_and_down_from_other_processes_twice(lab_name):

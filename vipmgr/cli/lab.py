@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
 from vipmgr.lab import runtime
+from vipmgr.lab.netns import NetnsError
 from vipmgr.lab.runtime import FAULTS, Lab, LabError
 from vipmgr.lab.topology import Topology, TopologyError, default_topology_path, load
 
@@ -62,7 +64,7 @@ def up(topo: str | None, name: str | None, timeout: float) -> None:
     try:
         deployed = runtime.deploy(topology, timeout=timeout,
                                   progress=lambda msg: click.echo(f"  {msg}", err=True))
-    except LabError as exc:
+    except (LabError, NetnsError) as exc:
         raise click.ClickException(str(exc)) from None
     st = deployed.state
     click.echo(f"lab {st.name} is up in {st.up_seconds:.1f} s: {len(st.nodes)} namespaces "
@@ -75,6 +77,11 @@ def up(topo: str | None, name: str | None, timeout: float) -> None:
         click.echo(f"  vipmgr lab curl{flag} {vm:<22} # the source IP the echo service sees")
     linux = [n.name for n in topology.nodes.values() if not n.is_bridge]
     click.echo(f"  vipmgr lab exec{flag} {linux[0]} -- ip -br addr")
+    manifests = Path(topology.path).parent / "manifests"
+    if (manifests / "lab-inventory.yaml").is_file():
+        rel = os.path.relpath(manifests)
+        click.echo(f"  vipmgr lab exec{flag} {linux[0]} -- vipmgr apply -f {rel}/lab-inventory.yaml"
+                   f" -f {rel}/egressgateway-virtual-ip.yaml -f {rel}/egressgatewaypolicy.yaml")
     click.echo(f"  vipmgr lab status{flag}")
     click.echo(f"  vipmgr lab fault{flag} NODE crash|freeze|linkdown|...|heal")
     click.echo(f"  vipmgr lab down{flag}")
@@ -123,11 +130,12 @@ def status(name: str | None, as_json: bool) -> None:
         click.echo(f"{node:<13}{n['kind']:<8}{proc:<16}{','.join(n['faults']) or '-':<21} {addrs}")
 
 
-@lab.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@lab.command("exec", context_settings={"ignore_unknown_options": True,
+                                       "allow_interspersed_args": False})
 @name_option
 @click.argument("node")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
-def exec(name: str | None, node: str, argv: tuple[str, ...]) -> None:  # noqa: A001 - the verb
+def exec_cmd(name: str | None, node: str, argv: tuple[str, ...]) -> None:
     """Run a command in NODE's namespace with the lab's VIPMGR_ETCD set.
 
     \b
@@ -180,6 +188,6 @@ def fault(name: str | None, node: str, kind: str, iface: str) -> None:
     """
     try:
         _running_lab(name).fault(node, kind, iface)
-    except LabError as exc:
+    except (LabError, NetnsError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{node}: {kind}")

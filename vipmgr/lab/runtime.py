@@ -408,6 +408,7 @@ def deploy(topology: Topology, *, root: Path | None = None, timeout: float = UP_
     if (root / topology.name / "state.json").exists():
         raise LabError(f"lab {topology.name!r} is already up: 'vipmgr lab down "
                        f"--name {topology.name}' first")
+    destroy(topology.name, root)  # leftovers of a lab whose state was lost (a reboot of /run)
     started = time.monotonic()
     deadline = started + timeout
     prefix = lab_prefix(topology.name)
