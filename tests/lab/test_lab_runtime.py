@@ -294,3 +294,29 @@ def test_cli_up_and_down_from_other_processes_twice(lab_name):
         assert down.returncode == 0, down.stderr
         assert_gone(lab)
     assert "0 namespaces removed" in down.stdout
+
+
+def test_the_topology_carries_selected_traffic_through_an_egress_node(egress_lab):
+    """What the agents will program, done by hand: the lab's routes, rp_filter and ARP allow it.
+
+    worker-b steers vm-backend's traffic to 203.0.113.10 (only) to gw-a; gw-a SNATs it to
+    the VIP on eth1; replies come back through gw-a and worker-b.
+    """
+    worker, gw = egress_lab.netns("worker-b"), egress_lab.netns("gw-a")
+    snat = ("table ip labtest {\n chain post {\n  type nat hook postrouting priority srcnat;\n"
+            "  ip saddr 198.18.2.2 oifname eth1 snat to 192.0.2.100\n }\n}\n")
+    try:
+        worker.ip("rule", "add", "from", "198.18.2.2", "to", "203.0.113.10/32", "lookup", "100")
+        worker.ip("route", "add", "default", "via", "198.51.100.11", "dev", "eth0", "table", "100")
+        gw.ip("addr", "add", "192.0.2.100/32", "dev", "eth1")
+        gw.run(["nft", "-f", "-"], input=snat)
+        assert egress_lab.curl("vm-backend") == "192.0.2.100"
+        assert egress_lab.curl("vm-backend", dst="203.0.113.20") == "198.18.0.22"  # not selected
+        assert egress_lab.curl("vm-frontend") == "198.18.0.21"
+    finally:
+        worker.ip("rule", "del", "from", "198.18.2.2", "to", "203.0.113.10/32", "lookup", "100",
+                  check=False)
+        worker.ip("route", "flush", "table", "100", check=False)
+        gw.ip("addr", "del", "192.0.2.100/32", "dev", "eth1", check=False)
+        gw.run(["nft", "delete", "table", "ip", "labtest"], check=False)
+    assert egress_lab.curl("vm-backend") == "198.18.0.22"
