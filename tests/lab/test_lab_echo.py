@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from vipmgr.lab.echo import UdpRecord, get, main, read_udp_log, serve
+from vipmgr.lab.echo import UdpRecord, get, main, parse_udp_frame, read_udp_log, serve
 from vipmgr.lab.etcd import free_port
 
 
@@ -87,3 +87,21 @@ def test_an_incomplete_http_request_gets_no_answer_but_does_not_block_others(ech
     with socket.create_connection(("127.0.0.1", http_port)) as stuck:
         stuck.sendall(b"GET / HTTP/1.0\r\n")  # never finishes its headers
         assert get(f"http://127.0.0.1:{http_port}/") == "127.0.0.1\n"
+
+
+def test_l2_records_carry_the_mac_and_parse_back():
+    record = UdpRecord(9, "192.0.2.100", 2.25, "02:00:00:00:00:0a")
+    assert UdpRecord.parse(record.line()) == record
+    assert record.line() == "9 192.0.2.100 2.250000 02:00:00:00:00:0a\n"
+
+
+def test_udp_frames_are_parsed_for_the_benchmark_port_only():
+    eth = bytes.fromhex("020000000001" "02000000000a" "0800")
+    ip = bytes([0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0]) + socket.inet_aton("192.0.2.100") \
+        + socket.inet_aton("203.0.113.10")
+    udp = (40000).to_bytes(2, "big") + (7).to_bytes(2, "big") + bytes(4)
+    assert parse_udp_frame(eth + ip + udp + b"123 pad", 7) == ("02:00:00:00:00:0a", "192.0.2.100", 123)
+    assert parse_udp_frame(eth + ip + udp + b"123 pad", 9) is None      # another port
+    assert parse_udp_frame(eth + ip + udp + b"garbage", 7) is None      # no sequence number
+    tcp = ip[:9] + bytes([6]) + ip[10:]
+    assert parse_udp_frame(eth + tcp + udp + b"123", 7) is None         # not UDP

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from vipmgr.lab.echo import read_udp_log
 from vipmgr.lab.netns import list_namespaces
 from vipmgr.lab.runtime import Lab, LabError, deploy, destroy, state_root
 from vipmgr.lab.topology import default_topology_path, load, parse
@@ -94,9 +95,12 @@ def test_udp_datagrams_are_recorded_with_their_source(egress_lab):
               "    s.sendto(b'%d' % seq, ('203.0.113.10', 7)); print(s.recv(100).decode(), end='')\n")
     out = egress_lab.exec("vm-backend", ["python3", "-c", script], check=True)
     assert out.stdout.splitlines() == [f"{seq} 198.18.0.22" for seq in range(5)]
-    from vipmgr.lab.echo import read_udp_log
     records = read_udp_log(egress_lab.workdir("internet") / "echo-udp.log")
     assert [(r.seq, r.source) for r in records[-5:]] == [(seq, "198.18.0.22") for seq in range(5)]
+    worker_mac = json.loads(egress_lab.netns("worker-b").ip("-j", "link", "show", "eth1").stdout)[0]
+    l2 = read_udp_log(egress_lab.workdir("internet") / "echo-l2.log")
+    assert [(r.seq, r.source, r.mac) for r in l2[-5:]] == [
+        (seq, "198.18.0.22", worker_mac["address"]) for seq in range(5)]
 
 
 def test_crash_kills_the_main_process_and_heal_restarts_it(egress_lab):

@@ -6,7 +6,8 @@ a datagram starts with an ASCII sequence number (``b"42"`` or ``b"42 anything"``
 the service appends ``"<seq> <source ip> <arrival CLOCK_MONOTONIC>"`` to the
 log and replies ``"<seq> <source ip>\\n"``. CLOCK_MONOTONIC is one clock for
 every namespace of a host, so a sender in another namespace can compare its
-own send times with the arrival times.
+own send times with the arrival times. With ``--l2-log`` a packet socket also
+records, per datagram, the MAC that delivered it (``"… <mac>"``).
 
 ``get`` is the tiny HTTP client ``vipmgr lab curl`` runs inside a VM's
 namespace. Pure standard library, so it starts fast and needs no curl.
@@ -30,24 +31,26 @@ HTTP_PORT = 80
 UDP_PORT = 7
 REQUEST_TIMEOUT = 5.0
 MAX_REQUEST = 16384
+ETH_P_IP = 0x0800
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 lacks the name
 
 
 @dataclass(frozen=True)
 class UdpRecord:
-    """One datagram as the echo service saw it."""
+    """One datagram as the echo service saw it; ``mac`` (the L2 log only) is who delivered it."""
 
     seq: int
     source: str
     arrival: float  # CLOCK_MONOTONIC seconds
+    mac: str = ""
 
     def line(self) -> str:
-        return f"{self.seq} {self.source} {self.arrival:.6f}\n"
+        return f"{self.seq} {self.source} {self.arrival:.6f} {self.mac}".rstrip() + "\n"
 
     @classmethod
     def parse(cls, line: str) -> "UdpRecord":
-        seq, source, arrival = line.split()
-        return cls(int(seq), source, float(arrival))
+        seq, source, arrival, *mac = line.split()
+        return cls(int(seq), source, float(arrival), *mac)
 
 
 def read_udp_log(path: str | Path) -> list[UdpRecord]:
@@ -60,6 +63,19 @@ def read_udp_log(path: str | Path) -> list[UdpRecord]:
 def parse_seq(payload: bytes) -> int | None:
     head = payload.split(b" ", 1)[0]
     return int(head) if head.isdigit() else None
+
+
+def parse_udp_frame(frame: bytes, port: int) -> tuple[str, str, int] | None:
+    """(source MAC, source IP, seq) of an Ethernet/IPv4/UDP frame to ``port``, else None."""
+    if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != socket.IPPROTO_UDP:
+        return None
+    udp = 14 + (frame[14] & 0x0F) * 4
+    if int.from_bytes(frame[udp + 2:udp + 4], "big") != port:
+        return None
+    seq = parse_seq(frame[udp + 8:])
+    if seq is None:
+        return None
+    return frame[6:12].hex(":"), socket.inet_ntoa(frame[26:30]), seq
 
 
 async def _handle_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -111,10 +127,33 @@ class _UdpEcho:
                 pass  # the sender's path is down: the record above is what the benchmark reads
 
 
+class _L2Tap:
+    """Which MAC delivered each datagram, seen by a packet socket on every interface.
+
+    The benchmark reads it to catch two nodes answering for one VIP at once:
+    VIP-sourced datagrams arriving interleaved from two MACs.
+    """
+
+    def __init__(self, sock: socket.socket, port: int, log: TextIO) -> None:
+        self.sock, self.port, self.log = sock, port, log
+
+    def readable(self) -> None:
+        while True:
+            try:
+                frame, addr = self.sock.recvfrom(2048)
+            except BlockingIOError:
+                return
+            parsed = None if addr[2] == socket.PACKET_OUTGOING else parse_udp_frame(frame, self.port)
+            if parsed is not None:
+                mac, source, seq = parsed
+                self.log.write(UdpRecord(seq, source, time.monotonic(), mac).line())
+
+
 async def serve(bind: str = "0.0.0.0", http_port: int = HTTP_PORT, udp_port: int = UDP_PORT,
-                udp_log: str | None = None) -> None:
+                udp_log: str | None = None, l2_log: str | None = None) -> None:
     """Run until cancelled. Binds the wildcard by default: addresses may appear later."""
     log = open(udp_log, "a", buffering=1) if udp_log else None
+    l2 = open(l2_log, "a", buffering=1) if l2_log else None
     server = await asyncio.start_server(_handle_http, bind, http_port, limit=MAX_REQUEST,
                                         reuse_address=True)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -123,14 +162,22 @@ async def serve(bind: str = "0.0.0.0", http_port: int = HTTP_PORT, udp_port: int
     udp.bind((bind, udp_port))
     loop = asyncio.get_running_loop()
     loop.add_reader(udp.fileno(), _UdpEcho(udp, log).readable)
+    tap = None
+    if l2 is not None:
+        tap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
+        tap.setblocking(False)
+        loop.add_reader(tap.fileno(), _L2Tap(tap, udp_port, l2).readable)
     try:
         async with server:
             await server.serve_forever()
     finally:
-        loop.remove_reader(udp.fileno())
-        udp.close()
-        if log is not None:
-            log.close()
+        for sock in (udp, tap):
+            if sock is not None:
+                loop.remove_reader(sock.fileno())
+                sock.close()
+        for f in (log, l2):
+            if f is not None:
+                f.close()
 
 
 def get(url: str, timeout: float = 2.0) -> str:
@@ -157,13 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--http-port", type=int, default=HTTP_PORT)
     p_serve.add_argument("--udp-port", type=int, default=UDP_PORT)
     p_serve.add_argument("--udp-log", help="append one line per UDP datagram to this file")
+    p_serve.add_argument("--l2-log", help="also log each datagram's source MAC (packet socket)")
     p_get = sub.add_parser("get", help="HTTP GET a URL and print the body (exit 1 on failure)")
     p_get.add_argument("url")
     p_get.add_argument("--timeout", type=float, default=2.0)
     args = parser.parse_args(argv)
     if args.command == "serve":
         try:
-            asyncio.run(serve(args.bind, args.http_port, args.udp_port, args.udp_log))
+            asyncio.run(serve(args.bind, args.http_port, args.udp_port, args.udp_log,
+                              args.l2_log))
         except KeyboardInterrupt:
             pass
         return 0
