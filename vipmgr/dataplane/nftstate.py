@@ -1,0 +1,252 @@
+"""nftables side of the plan: desired objects, the same read back from the kernel, and
+the one batch that turns one into the other.
+
+Rules are compared by a fingerprint kept in their comment (a hash of the rule
+text we generated), chains are rewritten whole (flush + add, inside the same
+transaction) when any rule differs, and set elements are added/removed one by
+one so that one VM joining costs one element. CIDR sets are written collapsed
+(no overlaps), so the kernel holds exactly our elements and deletions are exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from vipmgr.dataplane import layout as L
+from vipmgr.dataplane.plan import NodePlan, collapse_cidrs
+
+CHAINS = {(fam, name): (typ, hook, prio) for fam, name, typ, hook, prio
+          in (*L.INET_CHAINS, *L.ARP_CHAINS)}
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    type: str
+    interval: bool = False
+    timeout: bool = False  # dead-man sets: elements are refreshed, never diffed
+
+
+@dataclass
+class NftState:
+    """Objects in ``table inet vipmgr`` / ``table arp vipmgr``; keys are (family, name)."""
+
+    tables: set[str] = field(default_factory=set)
+    sets: dict[tuple[str, str], SetSpec] = field(default_factory=dict)
+    elements: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    counters: set[tuple[str, str]] = field(default_factory=set)
+    chains: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)  # rule texts
+    standby: dict[str, str] = field(default_factory=dict)  # member, not active: armed -> egress
+
+    def fingerprints(self, key: tuple[str, str]) -> tuple[str, ...]:
+        return tuple(_fp(rule) for rule in self.chains.get(key, ()))
+
+
+@dataclass
+class ObservedNft:
+    """What the kernel holds: like NftState but rules known only by fingerprint."""
+
+    tables: set[str] = field(default_factory=set)
+    sets: dict[tuple[str, str], SetSpec] = field(default_factory=dict)
+    elements: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    counters: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    chains: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)  # fingerprints
+
+
+def _fp(rule: str) -> str:
+    return hashlib.sha1(rule.encode()).hexdigest()[:16]
+
+
+def desired(plan: NodePlan) -> NftState:
+    """The nft objects ``plan`` needs on this node."""
+    st = NftState()
+    inet: dict[str, list[str]] = {"vm_steer": [], "gw_gate": [], "gw_snat": []}
+
+    def add_set(fam: str, name: str, spec: SetSpec, elements: Iterable[str] | None) -> None:
+        st.sets[(fam, name)] = spec
+        if elements is not None:
+            st.elements[(fam, name)] = frozenset(elements)
+
+    for gw in plan.gateways:
+        armed = L.gateway_armed(gw.name)
+        add_set("inet", armed, SetSpec("nf_proto", timeout=True), None)
+        st.counters.add(("inet", L.gateway_fenced(gw.name)))
+        for sel in gw.selections:
+            src, dst = L.policy_all(sel.policy), L.policy_dst(sel.policy)
+            add_set("inet", src, SetSpec("ipv4_addr"), sel.sources)
+            add_set("inet", dst, SetSpec("ipv4_addr", interval=True), sel.cidrs)
+            inet["gw_gate"].append(f"ct original ip saddr @{src} ct original ip daddr @{dst} "
+                                f"meta nfproto != @{armed} counter name \"{L.gateway_fenced(gw.name)}\" "
+                                "drop")
+        role = gw.active
+        if role is None:
+            st.standby[armed] = L.gateway_egress(gw.name)
+            continue
+        add_set("inet", L.gateway_egress(gw.name), SetSpec("ipv4_addr"), [role.egress_ip])
+        for sel in gw.selections:
+            inet["gw_snat"].append(f"oifname \"{role.interface}\" ip saddr @{L.policy_all(sel.policy)} "
+                                f"ip daddr @{L.policy_dst(sel.policy)} snat ip to {role.egress_ip}")
+    for sp in plan.steering:
+        counter = L.gateway_failclosed(sp.name)
+        st.counters.add(("inet", counter))
+        for sel in sp.selections:
+            src, dst = L.policy_local(sel.policy), L.policy_dst(sel.policy)
+            add_set("inet", src, SetSpec("ipv4_addr"), sel.sources)
+            add_set("inet", dst, SetSpec("ipv4_addr", interval=True), sel.cidrs)
+            match = f"ip saddr @{src} ip daddr @{dst}"
+            if sp.next_hop is None:
+                inet["vm_steer"].append(f"{match} counter name \"{counter}\" drop")
+            else:
+                inet["vm_steer"].append(f"{match} meta mark set meta mark & 0x{~L.MARK_MASK & 0xFFFFFFFF:08x} "
+                                     f"| 0x{L.mark(sp.slot):08x}")
+    if st.sets:
+        st.tables.add("inet")
+        for name, rules in inet.items():
+            st.chains[("inet", name)] = tuple(rules)
+    vips = [gw.active.egress_ip for gw in plan.active if gw.active and gw.active.add_address]
+    if vips:
+        st.tables.add("arp")
+        add_set("arp", L.ARP_VIPS, SetSpec("ipv4_addr"), vips)
+        add_set("arp", L.ARP_ARMED, SetSpec("ipv4_addr", timeout=True), None)
+        st.chains[("arp", "vip_in")] = (f"arp daddr ip @{L.ARP_VIPS} arp daddr ip != @{L.ARP_ARMED} "
+                                    "counter drop",)
+        st.chains[("arp", "vip_out")] = (f"arp saddr ip @{L.ARP_VIPS} arp saddr ip != @{L.ARP_ARMED} "
+                                     "counter drop",)
+    return st
+
+
+def parse(objects: list[dict[str, Any]]) -> ObservedNft:
+    """``nft -j list table …`` objects (of our tables only) → ObservedNft."""
+    ob = ObservedNft()
+    for obj in objects:
+        if "table" in obj:
+            ob.tables.add(obj["table"]["family"])
+        elif "set" in obj:
+            s = obj["set"]
+            key = (s["family"], s["name"])
+            flags = s.get("flags", [])
+            spec = SetSpec(s["type"], "interval" in flags, "timeout" in flags)
+            ob.sets[key] = spec
+            if not spec.timeout:
+                ob.elements[key] = frozenset(_elements(s.get("elem", []), spec.interval))
+        elif "counter" in obj:
+            c = obj["counter"]
+            ob.counters[(c["family"], c["name"])] = (c.get("packets", 0), c.get("bytes", 0))
+        elif "chain" in obj:
+            ob.chains.setdefault((obj["chain"]["family"], obj["chain"]["name"]), ())
+        elif "rule" in obj:
+            r = obj["rule"]
+            key = (r["family"], r["chain"])
+            ob.chains[key] = ob.chains.get(key, ()) + (r.get("comment", ""),)
+    return ob
+
+
+def _elements(raw: list[Any], interval: bool) -> Iterable[str]:
+    if not interval:
+        return [e["elem"]["val"] if isinstance(e, dict) else e for e in raw]
+    nets: list[ipaddress.IPv4Network] = []
+    for e in raw:
+        if isinstance(e, str):
+            nets.append(ipaddress.IPv4Network(e))
+        elif "prefix" in e:
+            nets.append(ipaddress.IPv4Network(f"{e['prefix']['addr']}/{e['prefix']['len']}"))
+        elif "range" in e:
+            lo, hi = (ipaddress.IPv4Address(a) for a in e["range"])
+            nets.extend(ipaddress.summarize_address_range(lo, hi))
+    return collapse_cidrs(str(n) for n in nets)
+
+
+@dataclass
+class Batch:
+    """One nft transaction plus the human-readable changes it makes."""
+
+    lines: list[str] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def diff(ob: ObservedNft, want: NftState) -> Batch:
+    """The batch that makes ``ob`` into ``want``; empty when they already match."""
+    b = Batch()
+    t = L.TABLE
+    for fam in sorted(want.tables - ob.tables):
+        b.lines.append(f"add table {fam} {t}")
+        b.changes.append(f"nft: add table {fam} {t}")
+    for (fam, name), (typ, hook, prio) in CHAINS.items():
+        if fam in want.tables and (fam, name) not in ob.chains:
+            b.lines.append(f"add chain {fam} {t} {name} {{ type {typ} hook {hook} "
+                           f"priority {prio}; policy accept; }}")
+    for key, spec in sorted(want.sets.items()):
+        fam, name = key
+        if key in ob.sets and ob.sets[key] != spec:
+            raise ValueError(f"set {fam} {t} {name} exists with another type/flags; "
+                             "run 'vipmgr dataplane flush' to reset vipmgr's kernel state")
+        if key not in ob.sets:
+            flags = [f for f, on in (("interval", spec.interval), ("timeout", spec.timeout)) if on]
+            body = f"type {spec.type};" + (f" flags {','.join(flags)};" if flags else "")
+            b.lines.append(f"add set {fam} {t} {name} {{ {body} }}")
+            b.changes.append(f"nft: add set {fam} {name}")
+    for key in sorted(want.counters - set(ob.counters)):
+        b.lines.append(f"add counter {key[0]} {t} {key[1]}")
+    for key, elems in sorted(want.elements.items()):
+        fam, name = key
+        have = ob.elements.get(key, frozenset())
+        if elems == have:
+            continue
+        if want.sets[key].interval:
+            if have:
+                b.lines.append(f"flush set {fam} {t} {name}")
+            _add_elements(b, fam, name, sorted(elems))
+            b.changes.append(f"nft: set {fam} {name} = {len(elems)} CIDRs (was {len(have)})")
+            continue
+        added, removed = sorted(elems - have), sorted(have - elems)
+        _add_elements(b, fam, name, added)
+        if removed:
+            b.lines.append(f"delete element {fam} {t} {name} {{ {', '.join(removed)} }}")
+        b.changes.append(f"nft: set {fam} {name} +{len(added)} -{len(removed)}")
+    for key in sorted(k for k in want.chains if k[0] in want.tables):
+        if want.fingerprints(key) == ob.chains.get(key, ()):
+            continue
+        fam, name = key
+        if ob.chains.get(key):
+            b.lines.append(f"flush chain {fam} {t} {name}")
+        for rule in want.chains[key]:
+            b.lines.append(f"add rule {fam} {t} {name} {rule} comment \"{_fp(rule)}\"")
+        b.changes.append(f"nft: chain {fam} {name} = {len(want.chains[key])} rules")
+    for armed, egress in sorted(want.standby.items()):
+        if ("inet", egress) in ob.sets and ("inet", armed) in ob.sets:
+            b.lines.append(f"flush set inet {t} {armed}")  # stepped down: disarm in the same batch
+    for key in sorted(set(ob.sets) - set(want.sets)):
+        if key[0] in want.tables:
+            b.lines.append(f"delete set {key[0]} {t} {key[1]}")
+            b.changes.append(f"nft: delete set {key[0]} {key[1]}")
+    for key in sorted(set(ob.counters) - want.counters):
+        if key[0] in want.tables:
+            b.lines.append(f"delete counter {key[0]} {t} {key[1]}")
+    for fam in sorted(ob.tables - want.tables):
+        b.lines.append(f"delete table {fam} {t}")
+        b.changes.append(f"nft: delete table {fam} {t}")
+    return b
+
+
+def _add_elements(b: Batch, fam: str, name: str, elems: list[str]) -> None:
+    if elems:
+        b.lines.append(f"add element {fam} {L.TABLE} {name} {{ {', '.join(elems)} }}")
+
+
+def arm_batch(plan: NodePlan, timeout: float) -> str:
+    """The dead-man refresh: re-arm every active gateway (and its VIP's ARP) for ``timeout``."""
+    ms = max(1, int(round(timeout * 1000)))
+    lines = []
+    for gw in plan.active:
+        lines.append(f"add element inet {L.TABLE} {L.gateway_armed(gw.name)} "
+                     f"{{ ipv4 timeout {ms}ms expires {ms}ms }}")
+        if gw.active is not None and gw.active.add_address:
+            lines.append(f"add element arp {L.TABLE} {L.ARP_ARMED} "
+                         f"{{ {gw.active.egress_ip} timeout {ms}ms expires {ms}ms }}")
+    return "\n".join(lines) + "\n" if lines else ""
