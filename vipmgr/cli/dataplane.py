@@ -1,0 +1,52 @@
+"""``vipmgr dataplane show|flush``: what vipmgr programmed in this node's kernel, and undo it.
+
+Both act on the network namespace the command runs in (``--netns`` to point at a
+named one, e.g. a lab node) and only on vipmgr's own objects (docs/dataplane.md).
+"""
+
+from __future__ import annotations
+
+import click
+
+from vipmgr.cli.common import fail
+from vipmgr.dataplane.kernel import KernelError
+
+_NETNS = click.option("--netns", metavar="NAME",
+                      help="operate inside this named network namespace (default: the current one)")
+
+
+@click.group()
+def dataplane() -> None:
+    """Inspect or remove vipmgr's kernel state on this node."""
+
+
+@dataplane.command()
+@_NETNS
+def show(netns: str | None) -> None:
+    """Print vipmgr's nft tables, addresses, routes and rules here."""
+    from vipmgr.dataplane.reconcile import Dataplane
+
+    try:
+        with Dataplane(netns) as dp:
+            click.echo(dp.show())
+    except KernelError as exc:
+        fail(str(exc))
+
+
+@dataplane.command()
+@_NETNS
+def flush(netns: str | None) -> None:
+    """Remove everything vipmgr programmed here (stop the agent first, or it re-creates it)."""
+    from vipmgr.dataplane.reconcile import Dataplane
+
+    try:
+        with Dataplane(netns) as dp:
+            report = dp.flush()
+    except KernelError as exc:
+        fail(str(exc))
+    for change in report.changes:
+        click.echo(change)
+    for why, n in report.conntrack_deleted.items():
+        click.echo(f"conntrack: {why}: {n} entries deleted")
+    if not report:
+        click.echo("nothing to remove")
