@@ -15,6 +15,7 @@ service (vipmgr.lab.echo) logs the source of every UDP datagram it receives.
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -157,6 +158,14 @@ def world(netns_lab: NetnsLab, tmp_path: Path) -> World:
     echo.set_addr("lo", f"{SERVICE}/32")
     for short, fwd in (("w", True), ("ga", True), ("gb", True), ("echo", False)):
         _sysctls(lab[short], fwd)
+    # settle the fresh bridges (a first ARP may be lost while ports come up) before any test
+    pings = [subprocess.Popen(lab[a].argv(["ping", "-c1", "-W3", dst]), stdout=subprocess.DEVNULL)
+             for a, dst in (("ga", "192.0.2.50"), ("gb", "192.0.2.50"), ("w", "198.51.100.11"),
+                            ("w", "198.51.100.12"), ("w", "198.18.0.1"), ("vm1", "198.18.1.1"),
+                            ("vm2", "198.18.2.1"), ("ga", "198.51.100.21"),
+                            ("gb", "198.51.100.21"))]
+    for p in pings:
+        p.wait(10)
     log = tmp_path / "echo-udp.log"
     echo.popen([sys.executable, "-m", "vipmgr.lab.echo", "serve", "--http-port", "8080",
                 "--udp-port", str(ECHO_PORT), "--udp-log", str(log)])
