@@ -59,15 +59,20 @@ def test_exit_codes_follow_the_situation(vipmgr, etcd_server, etcd_prefix):
     publish(etcd_server, etcd_prefix, {
         "status/nodes/gw-a": node_status("gw-a"), "status/nodes/gw-b": node_status("gw-b"),
         "status/gateways/egw/gw-a": member("gw-a", "active"),
-        "status/gateways/egw/gw-b": member("gw-b", "standby")})
+        "status/gateways/egw/gw-b": member("gw-b", "standby"),
+        "authority/egw": {"node": "gw-a", "lease": 1}})
     out = vipmgr("status", code=0).output
-    assert "active: gw-a" in out and "epoch 7" in out and "HEALTHY" in out
+    assert "active: gw-a" in out and ", epoch " in out and "HEALTHY" in out
     publish(etcd_server, etcd_prefix, {"status/nodes/gw-b": node_status("gw-b", ready=False)})
     out = vipmgr("status", "egw", code=1).output
     assert "no eligible standby" in out and "probe 'uplink' failing" in out
     data = json.loads(vipmgr("status", "-o", "json", code=1).output)
     assert data["gateways"][0]["active"] == "gw-a"
     publish(etcd_server, etcd_prefix, {"status/gateways/egw/gw-b": member("gw-b", "active")})
-    out = vipmgr("status", code=2).output
+    out = vipmgr("status", code=1).output
     assert "2 nodes report active" in out
+    publish(etcd_server, etcd_prefix, {"status/gateways/egw/gw-a": {
+        **member("gw-a", "active"), "updated": time.time() - 60}})
+    out = vipmgr("status", code=2).output
+    assert "gw-a holds the authority but does not report serving (stale)" in out
     vipmgr("status", "nope", code=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Any
@@ -26,7 +27,7 @@ from vipmgr.resources.selectors import label_key_problem, label_value_problem, p
 from vipmgr.resources.status import GatewayMemberStatus, NodeStatus
 from vipmgr.store.resources import ResourceStore
 
-NODE_STATUS_STALE_S = 30.0
+NODE_STATUS_STALE_S = 5.0
 
 
 def _read_input(path: str) -> tuple[str, str]:
@@ -115,21 +116,35 @@ def _age(since: float, now: float) -> str:
 
 
 class StatusView:
-    """Agent-published status joined to resources, for tables and describe."""
+    """Agent-published status joined to resources and etcd authority, for tables.
 
-    def __init__(self, nodes: dict[str, Any], members: dict[str, Any], now: float):
+    A status document older than NODE_STATUS_STALE_S is not trusted (its agent
+    is frozen or gone; the lease will drop it soon): such a member shows as
+    ``stale``. Who is active comes from the authority key, not from claims.
+    """
+
+    def __init__(self, nodes: dict[str, Any], members: dict[str, Any], now: float,
+                 holders: dict[str, tuple[str, int]] | None = None):
         self.now = now
         self.nodes = {k: NodeStatus.from_dict(v) for k, v in nodes.items()}
+        self.holders = holders or {}  # gateway -> (node, epoch)
         self.members: dict[str, dict[str, GatewayMemberStatus]] = {}
         for key, value in members.items():
             gw, _, node = key.partition("/")
-            self.members.setdefault(gw, {})[node] = GatewayMemberStatus.from_dict(value)
+            member = GatewayMemberStatus.from_dict(value)
+            if now - member.updated > NODE_STATUS_STALE_S:
+                member.role = "stale"
+            self.members.setdefault(gw, {})[node] = member
 
     @classmethod
     async def read(cls, store: ResourceStore) -> "StatusView":
         layout = store.layout
+        prefix = f"{layout.prefix}/authority/"
+        holders = {kv.key.decode()[len(prefix):]: (json.loads(kv.value).get("node"),
+                                                    kv.create_revision)
+                   for kv in await store.client.get_prefix(prefix.encode())}
         return cls(await store.list_json(layout.node_status_prefix),
-                   await store.list_json(layout.gateway_status_prefix()), time.time())
+                   await store.list_json(layout.gateway_status_prefix()), time.time(), holders)
 
     def node_status(self, name: str) -> NodeStatus | None:
         st = self.nodes.get(name)
@@ -137,8 +152,10 @@ class StatusView:
             return None
         return st
 
-    def active_of(self, gateway: str) -> list[GatewayMemberStatus]:
-        return [m for m in self.members.get(gateway, {}).values() if m.role == "active"]
+    def active_of(self, gateway: str) -> GatewayMemberStatus | None:
+        """The authority holder's status (None when nobody holds it or it has no status)."""
+        holder = self.holders.get(gateway, (None, 0))[0]
+        return self.members.get(gateway, {}).get(holder) if holder else None
 
 
 def node_criteria(node: Node, gateways: list[EgressGateway], view: StatusView) -> dict[str, Any]:
@@ -178,11 +195,11 @@ def _rows(info: KindInfo, objs: list[Resource], wide: bool, view: StatusView,
         for g in objs:
             assert isinstance(g, EgressGateway)
             active = view.active_of(g.name)
-            active_txt = ",".join(m.node for m in active) or "<none>"
+            active_txt = view.holders.get(g.name, ("<none>", 0))[0]
             egress = (g.source_ip.interface_name if g.source_ip.mode == MODE_PRIMARY
                       else g.source_ip.virtual_ip)
-            if g.source_ip.mode == MODE_PRIMARY and active and active[0].egress_ip:
-                egress = f"{g.source_ip.interface_name} ({active[0].egress_ip})"
+            if g.source_ip.mode == MODE_PRIMARY and active and active.egress_ip:
+                egress = f"{g.source_ip.interface_name} ({active.egress_ip})"
             row = [g.name, g.source_ip.mode, egress, active_txt]
             if wide:
                 row += [str(g.node_selector), g.vrid, g.failover.on_etcd_loss,

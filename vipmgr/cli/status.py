@@ -49,12 +49,12 @@ def build_report(gw: EgressGateway, nodes: list[Node], vms: list[VirtualMachine]
                  policies: list[EgressGatewayPolicy], view: StatusView) -> GatewayReport:
     members_status = view.members.get(gw.name, {})
     actives = [m for m in members_status.values() if m.role == "active"]
-    active = actives[0] if len(actives) == 1 else None
+    holder, epoch = view.holders.get(gw.name, (None, 0))
+    active = members_status.get(holder) if holder else None
     egress_ip = gw.source_ip.virtual_ip or (active.egress_ip if active else "") or ""
     interface = gw.source_ip.interface_name or (active.interface if active else "") or ""
-    report = GatewayReport(gw.name, gw.source_ip.mode, egress_ip, interface,
-                           active.node if active else None, active.since if active else None,
-                           active.epoch if active else 0)
+    report = GatewayReport(gw.name, gw.source_ip.mode, egress_ip, interface, holder,
+                           active.since if active else None, epoch)
     eligible_standbys = 0
     for node in nodes:
         if not gw.node_selector.matches(node.labels):
@@ -83,16 +83,20 @@ def build_report(gw: EgressGateway, nodes: list[Node], vms: list[VirtualMachine]
     if len(actives) > 1:
         report.problems.append(f"{len(actives)} nodes report active: "
                                f"{', '.join(m.node for m in actives)}")
-    if not actives:
+    serving = holder is not None and active is not None and active.role == "active"
+    if holder is None:
         report.problems.append("no active node: selected traffic is dropped (fail closed)")
-    if actives and eligible_standbys == 0:
+    elif not serving:
+        report.problems.append(f"{holder} holds the authority but does not report serving "
+                               f"({active.role if active else 'no agent status'})")
+    if holder and eligible_standbys == 0:
         report.problems.append("no eligible standby: the next failure is an outage")
     for m in members_status.values():
         if not m.heartbeat_path_ok:
             report.problems.append(f"{m.node}: heartbeat path broken (etcd says the active is alive)")
         if not m.etcd_ok:
             report.problems.append(f"{m.node}: cannot reach etcd")
-    report.health = ("no-active" if len(actives) != 1 else
+    report.health = ("no-active" if not serving else
                      "degraded" if report.problems else "healthy")
     return report
 

@@ -1,0 +1,172 @@
+"""The agent's side of the dataplane: which gateways this node serves, who holds the
+others, and one reconciler task that makes the kernel match.
+
+The election core says *when* to serve (``Program``/``Withdraw``); etcd says who
+holds the other gateways (for steering); the store says what is selected. This
+module joins the three into one ``NodePlan`` and hands it to the reconciler,
+coalescing bursts of changes into one kernel update. A take is armed in the
+same nft transaction that installs it; withdrawing never waits behind a
+queued reconcile of something else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from typing import Callable
+
+from vipmgr.agent.metrics import AgentMetrics
+from vipmgr.agent.snapshot import Snapshot
+from vipmgr.dataplane.kernel import KernelError
+from vipmgr.dataplane.plan import GarpSettings, NodePlan, build_node_plan
+from vipmgr.dataplane.reconcile import Dataplane
+
+LOG = logging.getLogger("vipmgr.datapath")
+
+
+class NodeDatapath:
+    def __init__(self, node: str, dataplane: Dataplane, metrics: AgentMetrics,
+                 garp: GarpSettings, clock: Callable[[], float]):
+        self.node = node
+        self.dp = dataplane
+        self.metrics = metrics
+        self.garp = garp
+        self.clock = clock
+        self.snapshot = Snapshot()
+        self.interfaces: dict[str, ipaddress.IPv4Interface] = {}
+        self.serving: dict[str, float] = {}  # gateway -> until (core clock)
+        self.holders: dict[str, str] = {}     # gateway -> node holding authority (etcd)
+        self.plan = NodePlan(node)
+        self.error: str = ""                  # last reconcile failure, for datapath-ready
+        self._dirty = asyncio.Event()
+        self._arm = False
+        self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+
+    # --- inputs ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._worker(), name="datapath")
+        self._dirty.set()
+
+    def set_snapshot(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self._dirty.set()
+
+    def set_interfaces(self, interfaces: dict[str, ipaddress.IPv4Interface]) -> None:
+        if interfaces != self.interfaces:
+            self.interfaces = interfaces
+            self._dirty.set()
+
+    def set_holders(self, holders: dict[str, str]) -> None:
+        if holders != self.holders:
+            self.holders = holders
+            self._dirty.set()
+
+    async def program(self, gateway: str, until: float) -> None:
+        """Serve ``gateway`` (arming the dead-man), or keep it armed while evidence holds."""
+        if self.clock() >= until:
+            return  # the evidence already lapsed; the core withdraws next
+        if gateway in self.serving:
+            self.serving[gateway] = until
+            self.dp.refresh()
+            self.metrics.deadman_refreshed(gateway)
+            return
+        self.serving[gateway] = until
+        self._arm = True
+        await self._reconcile_now()
+
+    async def withdraw(self, gateway: str) -> None:
+        if self.serving.pop(gateway, None) is not None:
+            await self._reconcile_now()
+
+    def request(self) -> None:
+        """Something changed that may change the plan: reconcile soon."""
+        self._dirty.set()
+
+    # --- the reconciler ---------------------------------------------------------------
+
+    def build(self) -> NodePlan:
+        snap = self.snapshot
+        active: dict[str, str | None] = {}
+        for name in snap.gateways:
+            if name in self.serving:
+                active[name] = self.node
+            else:
+                holder = self.holders.get(name)
+                active[name] = holder if holder != self.node else None
+        return build_node_plan(self.node, snap.gateways.values(), snap.policies.values(),
+                               snap.vms.values(), snap.nodes.values(), active,
+                               interfaces=self.interfaces, garp=self.garp)
+
+    async def _reconcile_now(self) -> None:
+        async with self._lock:
+            await self._apply(verify=False)
+
+    async def _worker(self) -> None:
+        while True:
+            await self._dirty.wait()
+            async with self._lock:
+                await self._apply(verify=False)
+
+    async def verify(self) -> None:
+        """Periodic: re-read the kernel and repair drift (someone flushed our table)."""
+        async with self._lock:
+            await self._apply(verify=True)
+
+    async def _apply(self, verify: bool) -> None:
+        self._dirty.clear()
+        arm, self._arm = self._arm, False
+        plan = self.build()
+        started = time.perf_counter()
+        try:
+            report = await asyncio.to_thread(self.dp.reconcile, plan, arm=arm, verify=verify)
+        except (KernelError, OSError) as exc:
+            self.error = f"dataplane reconcile failed: {exc}"
+            LOG.error(self.error, extra={"node": self.node})
+            self._arm = self._arm or arm
+            return
+        self.error = ""
+        self.plan = plan
+        for problem in plan.problems:
+            LOG.warning(problem, extra={"node": self.node})
+        if report:
+            LOG.info(f"dataplane: {report}", extra={
+                "node": self.node, "ms": round((time.perf_counter() - started) * 1e3, 2)})
+        for gw in plan.gateways:
+            sources = sum(len(s.sources) for s in gw.selections)
+            cidrs = sum(len(s.cidrs) for s in gw.selections)
+            self.metrics.snat_sets(gw.name, sources, cidrs)
+        for gateway, count in report.conntrack_deleted.items():
+            self.metrics.conntrack_entries_deleted(gateway, count)
+        vip_owner = {(g.active.interface, g.active.egress_ip): g.name
+                     for g in plan.active if g.active is not None}
+        for future in report.announcements:
+            future.add_done_callback(lambda f: self._garp_done(f, vip_owner))
+
+    def _garp_done(self, future, vip_owner: dict[tuple[str, str], str]) -> None:
+        """Runs on the GARP thread: count what went out (metrics are thread-safe)."""
+        if future.exception() is not None:
+            LOG.error(f"gratuitous ARP failed: {future.exception()}", extra={"node": self.node})
+            return
+        ann = future.result()
+        gateway = vip_owner.get((ann.interface, ann.ip), "?")
+        self.metrics.garp_sent(gateway, ann.interface, ann.frames_sent)
+
+    def announce(self, gateway: str) -> None:
+        """Re-announce a VIP now (periodic refresh, or a healed split)."""
+        for future in self.dp.announce(gateway):
+            future.add_done_callback(lambda f: self._garp_done(
+                f, {(g.active.interface, g.active.egress_ip): g.name
+                    for g in self.plan.active if g.active is not None}))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+

@@ -1,0 +1,276 @@
+"""One node's membership in one gateway: the election core plus the I/O it asks for.
+
+This is the thin adapter the design calls for: events in (heartbeats from the
+wire, etcd results and watch snapshots, eligibility changes, a timer at the
+core's deadline), actions out (send an advert, program or withdraw the
+datapath, run an etcd transaction, log and count a role change). It makes no
+decision of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from vipmgr.agent.datapath import NodeDatapath
+from vipmgr.agent.logs import state_change
+from vipmgr.agent.metrics import AgentMetrics
+from vipmgr.core.election import Election, ElectionConfig, Role
+from vipmgr.core.messages import (
+    Advert as CoreAdvert,
+    Cordoned,
+    EtcdOp,
+    Event,
+    HealthChanged,
+    Heartbeat,
+    Note,
+    Program,
+    RoleChanged,
+    SendAdvert,
+    Shutdown,
+    Start,
+    SwitchoverRequested,
+    Tick,
+    Withdraw,
+    WatchUpdate,
+)
+from vipmgr.resources.models import EgressGateway
+from vipmgr.resources.status import GatewayMemberStatus
+from vipmgr.store.authority import AuthorityExecutor
+from vipmgr.wire.message import Advert as WireAdvert, Role as WireRole
+
+LOG = logging.getLogger("vipmgr.member")
+
+# A role is "up" for status and metrics when it serves traffic.
+SERVING = {Role.ACTIVE.value, Role.VRRP_ACTIVE.value}
+
+
+def to_wire(adv: CoreAdvert, vrid: int, interval_ms: int, egress_ip: str | None) -> WireAdvert:
+    return WireAdvert(node=adv.node, gateway=adv.gateway, vrid=vrid,
+                      role=WireRole.ACTIVE if adv.role == "active" else WireRole.STANDBY,
+                      epoch=adv.epoch, priority=adv.priority, interval_ms=interval_ms,
+                      egress_ip=egress_ip, healthy=adv.eligible, etcd_reachable=adv.etcd_ok,
+                      heard=adv.heard, stamp=adv.stamp, echo_node=adv.echo_node,
+                      echo_stamp=adv.echo_stamp)
+
+
+def from_wire(adv: WireAdvert) -> CoreAdvert:
+    return CoreAdvert(gateway=adv.gateway, node=adv.node,
+                      role="active" if adv.role == WireRole.ACTIVE else "standby",
+                      epoch=adv.epoch, priority=adv.priority, eligible=adv.healthy,
+                      etcd_ok=adv.etcd_reachable, heard=tuple(adv.heard), stamp=adv.stamp,
+                      echo_node=adv.echo_node, echo_stamp=adv.echo_stamp)
+
+
+@dataclass
+class MemberContext:
+    """What a member needs from the agent: where to send, what to program, how to count."""
+
+    node: str
+    datapath: NodeDatapath
+    metrics: AgentMetrics
+    send: Callable[[str, WireAdvert], None]  # (interface, advert)
+    clock: Callable[[], float]               # the core's clock: the loop's monotonic time
+    prefix: str
+    on_change: Callable[[], None] = lambda: None  # publish status soon
+
+
+@dataclass
+class MemberInfo:
+    """Facts about this node's part in the gateway, for status."""
+
+    interface: str | None
+    egress_ip: str | None
+    since: float = field(default_factory=time.time)
+    left_standby_at: float | None = None
+    previous_holder: str | None = None
+    last_failover: dict = field(default_factory=dict)
+    heartbeat_path_ok: bool = True
+
+
+class GatewayMember:
+    def __init__(self, ctx: MemberContext, gateway: EgressGateway, members: tuple[str, ...],
+                 priority: int, interface: str | None, egress_ip: str | None, client):
+        self.ctx = ctx
+        self.gateway = gateway
+        self.name = gateway.name
+        self.vrid = gateway.vrid
+        self.info = MemberInfo(interface, egress_ip)
+        failover = gateway.failover
+        self.timers = failover.timers
+        self.config = ElectionConfig(
+            gateway=gateway.name, node=ctx.node, members=members, priority=priority,
+            timers=failover.timers, on_etcd_loss=failover.on_etcd_loss,
+            preempt=failover.preempt, preempt_delay=failover.preempt_delay)
+        self.election = Election(self.config)
+        self.executor = AuthorityExecutor(client, gateway.name, ctx.node, prefix=ctx.prefix,
+                                          timeout=failover.timers.etcd_timeout,
+                                          on_update=self._on_watch)
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.stopped = asyncio.Event()
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def start(self, healthy: bool, cordoned: bool) -> None:
+        self.feed(Start())
+        if not healthy:
+            self.feed(HealthChanged(False))
+        if cordoned:
+            self.feed(Cordoned(True))
+
+    async def stop(self, timeout: float = 1.0) -> None:
+        """Graceful: release authority (the successor takes over at once), then stop."""
+        self.feed(Shutdown())
+        try:
+            await asyncio.wait_for(self.stopped.wait(), timeout)
+        except asyncio.TimeoutError:
+            LOG.warning(f"{self.name}: release did not finish within {timeout:g}s",
+                        extra={"gateway": self.name, "node": self.ctx.node})
+        await self.close()
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.serving:
+            await self.ctx.datapath.withdraw(self.name)
+
+    @property
+    def role(self) -> str:
+        return self.election.role.value
+
+    @property
+    def serving(self) -> bool:
+        return self.role in SERVING
+
+    # --- events in -------------------------------------------------------------------
+
+    def on_advert(self, advert: WireAdvert) -> None:
+        self.ctx.metrics.heartbeat_received(self.name)
+        self.feed(Heartbeat(from_wire(advert)))
+
+    def set_eligible(self, healthy: bool) -> None:
+        self.feed(HealthChanged(healthy))
+
+    def set_cordoned(self, cordoned: bool) -> None:
+        self.feed(Cordoned(cordoned))
+
+    def switchover(self, target: str | None) -> None:
+        self.feed(SwitchoverRequested(target))
+
+    def _on_watch(self, update: WatchUpdate) -> None:
+        self.ctx.metrics.etcd_connection(True)
+        self.feed(update)
+
+    def feed(self, event: Event) -> None:
+        """Hand one event to the core and carry out what it asks, in order."""
+        actions = self.election.handle(event, self.ctx.clock())
+        for action in actions:
+            self._do(action)
+        self._reschedule()
+
+    # --- actions out -----------------------------------------------------------------
+
+    def _do(self, action) -> None:
+        if isinstance(action, SendAdvert):
+            if self.info.interface:
+                interval = self.timers.advert_interval if action.advert.role == "active" \
+                    else self.timers.standby_advert_interval
+                self.ctx.send(self.info.interface, to_wire(
+                    action.advert, self.vrid, max(1, round(interval * 1000)), self.info.egress_ip))
+                self.ctx.metrics.heartbeat_sent(self.name, self.info.interface)
+        elif isinstance(action, Program):
+            self._spawn(self.ctx.datapath.program(self.name, action.until))
+        elif isinstance(action, Withdraw):
+            self._spawn(self.ctx.datapath.withdraw(self.name))
+        elif isinstance(action, RoleChanged):
+            self._role_changed(action)
+        elif isinstance(action, Note):
+            self._note(action)
+        elif isinstance(action, EtcdOp):
+            self._spawn(self._etcd(action))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            LOG.error(f"{self.name}: {task.exception()!r}", exc_info=task.exception(),
+                      extra={"gateway": self.name, "node": self.ctx.node})
+
+    async def _etcd(self, op: EtcdOp) -> None:
+        with self.ctx.metrics.etcd_request(type(op).__name__.lower()):
+            result = await self.executor.run(op)
+        self.ctx.metrics.etcd_connection(result.outcome != "unreachable")
+        self.feed(result)
+
+    def _role_changed(self, change: RoleChanged) -> None:
+        now = time.time()
+        old, new = change.old, change.new
+        state_change(self.name, self.ctx.node, old, new,
+                     f"{change.cause}{': ' + change.detail if change.detail else ''}",
+                     self.election.epoch)
+        self.ctx.metrics.role_changed(self.name, old, new, change.cause, active=new in SERVING)
+        if old == Role.STANDBY.value and new not in SERVING:
+            self.info.left_standby_at = now
+            self.info.previous_holder = self.election.view.holder or self.election.view.term_node
+        if new in SERVING:
+            started = self.info.left_standby_at or now
+            previous = self.info.previous_holder
+            self.info.last_failover = {
+                "from": previous if previous != self.ctx.node else None, "to": self.ctx.node,
+                "reason": change.cause, "duration_ms": round((now - started) * 1e3, 1),
+                "at": now}
+            self.ctx.metrics.failover_completed(self.name, change.cause)
+            self.ctx.metrics.epoch_seen(self.name, self.election.epoch)
+        if new == Role.VRRP_ACTIVE.value or old == Role.VRRP_ACTIVE.value:
+            self.ctx.metrics.etcd_loss_mode_changed(self.name, new == Role.VRRP_ACTIVE.value)
+        if new == Role.STANDBY.value:
+            self.info.left_standby_at = None
+        if new == Role.STOPPED.value:
+            self.stopped.set()
+        self.info.since = now
+        self.ctx.on_change()
+
+    def _note(self, note: Note) -> None:
+        LOG.info(f"{self.name}: {note.kind} {note.detail}".rstrip(),
+                 extra={"gateway": self.name, "node": self.ctx.node, "note": note.kind})
+        if note.kind == "heartbeat-path-broken":
+            self.info.heartbeat_path_ok = False
+            self.ctx.metrics.heartbeat_path_changed(self.name, False)
+            self.ctx.on_change()
+
+    def _reschedule(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.election.next_deadline
+        if deadline is None or self.election.role is Role.STOPPED:
+            return
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(deadline, self.feed, Tick())
+
+    # --- status ----------------------------------------------------------------------
+
+    def status(self, eligible: bool, reasons: list[str],
+               heard: dict[str, float]) -> GatewayMemberStatus:
+        if heard and not self.info.heartbeat_path_ok:
+            self.info.heartbeat_path_ok = True
+            self.ctx.metrics.heartbeat_path_changed(self.name, True)
+        return GatewayMemberStatus(
+            gateway=self.name, node=self.ctx.node,
+            role="active" if self.serving else self.role, epoch=self.election.epoch,
+            since=self.info.since, priority=self.config.priority, eligible=eligible,
+            reasons=reasons, egress_ip=self.info.egress_ip or "",
+            interface=self.info.interface or "", heard_peers=heard,
+            heartbeat_path_ok=self.info.heartbeat_path_ok, etcd_ok=self.election.etcd_ok,
+            last_failover=self.info.last_failover, updated=time.time())

@@ -1,0 +1,499 @@
+"""``vipmgr agent``: the asyncio runtime that wires core, wire, store, dataplane and health.
+
+One process per node. It registers the node, follows the store (resources,
+authority holders, switchover requests) through etcd watches, runs one
+``GatewayMember`` per gateway whose nodeSelector matches the node, steers
+local VMs' traffic, publishes status bound to its lease, and survives etcd
+restarts: every etcd loop reconnects with backoff, and the election cores
+meanwhile keep deciding on heartbeats and their own deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import signal
+import time
+from dataclasses import replace
+from typing import Awaitable, Callable
+
+import aetcd.exceptions
+import grpc
+
+from vipmgr.agent.config import AgentConfig, load_config
+from vipmgr.config.errors import ConfigError
+from vipmgr.config.timers import Timers
+from vipmgr.agent.datapath import NodeDatapath
+from vipmgr.agent.member import GatewayMember, MemberContext
+from vipmgr.agent.metrics import AgentMetrics
+from vipmgr.agent.registration import primary_interfaces, register_node
+from vipmgr.agent.selfcheck import kernel_problems
+from vipmgr.agent.snapshot import Snapshot
+from vipmgr.cli.status import switchover_key
+from vipmgr.core.election import Cause
+from vipmgr.core.placement import node_priority
+from vipmgr.dataplane.plan import GarpSettings, egress_ip
+from vipmgr.dataplane.reconcile import Dataplane
+from vipmgr.health.checks import run_monitor
+from vipmgr.health.eligibility import evaluate_eligibility
+from vipmgr.health.monitor import HealthMonitor, Transition
+from vipmgr.resources.models import EgressGateway
+from vipmgr.resources.status import NodeStatus
+from vipmgr.store.client import EtcdClient, EtcdUnavailable, connect
+from vipmgr.store.resources import KeyLayout, ResourceStore
+from vipmgr.wire.codec import Encoder
+from vipmgr.wire.keys import KeyRing, load_keyring
+from vipmgr.wire.message import Advert as WireAdvert
+from vipmgr.wire.receiver import Receiver
+from vipmgr.wire.transport import HeartbeatTransport, open_vrrp_socket
+
+LOG = logging.getLogger("vipmgr.agent")
+
+STATUS_LEASE_TTL = 3
+ETCD_ERRORS = (aetcd.exceptions.ClientError, grpc.RpcError, EtcdUnavailable, ConnectionError,
+               asyncio.TimeoutError)
+BACKOFF_MAX = 2.0
+SELF_CHECK_INTERVAL = 1.0
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, metrics: AgentMetrics,
+                 config_path: str | None = None):
+        self.config = config
+        self.config_path = config_path
+        self.kernel_problems: list[str] = []
+        self._status_lease = None
+        self.node = config.node
+        self.metrics = metrics
+        self.layout = KeyLayout(config.etcd.prefix)
+        self.snapshot = Snapshot()
+        self.members: dict[str, GatewayMember] = {}
+        self.heard: dict[str, dict[str, float]] = {}  # gateway -> peer -> unix time
+        self.monitor = HealthMonitor(config.probes)
+        self.interfaces: dict[str, ipaddress.IPv4Interface] = {}
+        self.transports: dict[str, HeartbeatTransport] = {}
+        self.client: EtcdClient | None = None
+        self.store: ResourceStore | None = None
+        self.datapath: NodeDatapath | None = None
+        self.keyring = KeyRing()
+        self.encoder: Encoder | None = None
+        self.receiver = Receiver(self.node, {})
+        self.stopping = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self._status_dirty = asyncio.Event()
+        self._resync = asyncio.Event()
+        self._membership_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task] = []
+        self._health_task: asyncio.Task | None = None
+        self._last_eligibility: dict[str, tuple[bool, bool]] = {}
+
+    # --- setup ------------------------------------------------------------------------
+
+    def _load_keys(self) -> None:
+        if self.config.auth_key_file:
+            self.keyring = load_keyring(self.config.auth_key_file,
+                                        require_auth=self.config.require_auth)
+        else:
+            self.keyring = KeyRing()
+        self.receiver.keyring = self.keyring
+        self.encoder = Encoder(self.keyring.signing_key)
+
+    async def _connect(self) -> EtcdClient:
+        delay = 0.1
+        while True:
+            try:
+                client = await connect(self.config.etcd)
+                self.metrics.etcd_connection(True)
+                return client
+            except EtcdUnavailable as exc:
+                self.metrics.etcd_connection(False)
+                LOG.warning(str(exc), extra={"node": self.node})
+                await asyncio.sleep(delay)
+                delay = min(BACKOFF_MAX, delay * 2)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+        self._load_keys()
+        self.interfaces = await asyncio.to_thread(primary_interfaces)
+        dataplane = await asyncio.to_thread(Dataplane, None, Timers().deadman_timeout)
+        garp = self.config.garp
+        self.datapath = NodeDatapath(self.node, dataplane, self.metrics,
+                                     GarpSettings(garp.count, garp.interval, garp.refresh),
+                                     loop.time)
+        self.datapath.set_interfaces(self.interfaces)
+        self.client = await self._connect()
+        self.store = ResourceStore(self.client, self.layout)
+        await self._with_retry("register", lambda: register_node(
+            self.store, self.config, {k: str(v.ip) for k, v in self.interfaces.items()}))
+        LOG.info("agent started", extra={"node": self.node,
+                                         "etcd": self.config.etcd.describe()})
+        await self._check_kernel()
+        await self._resync_now()
+        self.datapath.start()
+        self._start_health()
+        self._tasks += [
+            asyncio.create_task(self._watch_loop("resources", self.layout.resources_prefix,
+                                                 self._resync.set), name="watch-resources"),
+            asyncio.create_task(self._watch_loop("authority", f"{self.layout.prefix}/authority/",
+                                                 self._holders_changed), name="watch-authority"),
+            asyncio.create_task(self._watch_loop("switchover", f"{self.layout.prefix}/switchover/",
+                                                 self._switchover_requested),
+                                name="watch-switchover"),
+            asyncio.create_task(self._resync_loop(), name="resync"),
+            asyncio.create_task(self._status_loop(), name="status"),
+            asyncio.create_task(self._periodic_loop(), name="periodic"),
+            asyncio.create_task(self._reload_loop(), name="reload"),
+        ]
+        await self._holders_changed()
+        await self.stopping.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """SIGTERM: every member releases (successors take over at once), then exit."""
+        LOG.info("stopping: releasing gateways", extra={"node": self.node})
+        await asyncio.gather(*(m.stop(timeout=0.8) for m in self.members.values()))
+        self.members.clear()
+        for task in self._tasks:
+            task.cancel()
+        if self._health_task is not None:
+            self._health_task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for transport in self.transports.values():
+            transport.close()
+        if self.datapath is not None:
+            await self.datapath.close()
+            await asyncio.to_thread(self.datapath.dp.close)
+        if self.client is not None:
+            await self._drop_status()
+            await self.client.close()
+
+    # --- etcd loops -------------------------------------------------------------------
+
+    async def _with_retry(self, what: str, fn: Callable[[], Awaitable]) -> object:
+        delay = 0.1
+        while True:
+            try:
+                return await fn()
+            except ETCD_ERRORS as exc:
+                self.metrics.etcd_connection(False)
+                LOG.warning(f"{what}: etcd error {type(exc).__name__}; retrying",
+                            extra={"node": self.node})
+                await asyncio.sleep(delay)
+                delay = min(BACKOFF_MAX, delay * 2)
+
+    async def _watch_loop(self, name: str, prefix: str,
+                          on_event: Callable[[], Awaitable[None] | None]) -> None:
+        """Watch ``prefix`` forever; after a break, re-watch and call ``on_event`` once
+        (changes during the break are caught by that call's full re-read)."""
+        delay = 0.1
+        key = prefix.encode()
+        end = key[:-1] + bytes([key[-1] + 1])
+        while True:
+            try:
+                stream = await self.client.watch(key, range_end=end)
+                delay = 0.1
+                result = on_event()
+                if asyncio.iscoroutine(result):
+                    await result
+                async for _event in stream:
+                    result = on_event()
+                    if asyncio.iscoroutine(result):
+                        await result
+            except ETCD_ERRORS as exc:
+                self.metrics.etcd_connection(False)
+                LOG.debug(f"watch {name} broke: {type(exc).__name__}", extra={"node": self.node})
+            await asyncio.sleep(delay)
+            delay = min(BACKOFF_MAX, delay * 2)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await self._resync.wait()
+            self._resync.clear()
+            try:
+                await self._resync_now()
+            except ETCD_ERRORS as exc:
+                LOG.warning(f"resync failed: {type(exc).__name__}", extra={"node": self.node})
+                await asyncio.sleep(0.2)
+                self._resync.set()
+
+    async def _resync_now(self) -> None:
+        objects = await self.store.list_all()
+        self.snapshot = Snapshot.of(0, objects)
+        for gw in self.snapshot.gateways.values():
+            self.metrics.gateway_exists(gw.name, gw.source_ip.mode)
+        await self._reconcile_membership()
+        self.datapath.set_snapshot(self.snapshot)
+        self._status_dirty.set()
+
+    async def _holders_changed(self) -> None:
+        prefix = f"{self.layout.prefix}/authority/"
+        try:
+            result = await self.client.get_prefix(prefix.encode())
+        except ETCD_ERRORS:
+            return
+        holders = {kv.key.decode()[len(prefix):]: json.loads(kv.value)["node"] for kv in result}
+        self.datapath.set_holders(holders)
+
+    async def _switchover_requested(self) -> None:
+        prefix = f"{self.layout.prefix}/switchover/"
+        result = await self.client.get_prefix(prefix.encode())
+        for kv in result:
+            gateway = kv.key.decode()[len(prefix):]
+            member = self.members.get(gateway)
+            if member is None or not member.serving:
+                continue
+            target = json.loads(kv.value).get("to")
+            LOG.info(f"{gateway}: switchover requested" + (f" to {target}" if target else ""),
+                     extra={"gateway": gateway, "node": self.node})
+            await self.client.delete(switchover_key(self.layout.prefix, gateway).encode())
+            member.switchover(target)
+
+    # --- membership -------------------------------------------------------------------
+
+    async def _reconcile_membership(self) -> None:
+        async with self._membership_lock:
+            wanted = {g.name: g for g in self.snapshot.gateways_of(self.node)}
+            for name in [n for n in self.members if n not in wanted]:
+                await self._leave(name, "no longer selected")
+            for name, gw in wanted.items():
+                member = self.members.get(name)
+                if member is not None and self._member_key(member.gateway) != self._member_key(gw):
+                    await self._leave(name, "gateway settings changed")
+                    member = None
+                if member is None:
+                    self._join(gw)
+                else:
+                    member.gateway = gw
+            self.receiver.set_gateways({name: m.vrid for name, m in self.members.items()})
+            self._update_eligibility()
+
+    def _member_key(self, gw: EgressGateway) -> tuple:
+        """What, when it changes, needs a new election instance (a graceful handover)."""
+        return (gw.source_ip, gw.failover, gw.vrid, self.snapshot.members_of(gw))
+
+    def _join(self, gw: EgressGateway) -> None:
+        me = self.snapshot.nodes[self.node]
+        interface, ip, _why = egress_ip(gw, me, self.interfaces)
+        members = self.snapshot.members_of(gw)
+        priority = node_priority(gw.name, self.node, gw.failover.priorities)
+        if interface is not None:
+            self._ensure_transport(interface)
+        ctx = MemberContext(self.node, self.datapath, self.metrics, self._send,
+                            asyncio.get_running_loop().time, self.layout.prefix,
+                            self._status_dirty.set)
+        member = GatewayMember(ctx, gw, members, priority, interface, ip, self.client)
+        self.members[gw.name] = member
+        self.heard.setdefault(gw.name, {})
+        self.metrics.gateway_joined(gw.name)
+        LOG.info(f"{gw.name}: joined (members {', '.join(members)}, priority {priority}, "
+                 f"interface {interface or '-'})", extra={"gateway": gw.name, "node": self.node})
+        healthy, cordoned = self._eligibility_inputs(gw)
+        member.start(healthy, cordoned)
+        self._last_eligibility[gw.name] = (healthy, cordoned)
+
+    async def _leave(self, name: str, why: str) -> None:
+        member = self.members.pop(name)
+        LOG.info(f"{name}: leaving ({why})", extra={"gateway": name, "node": self.node})
+        await member.stop(timeout=0.8)
+        self.heard.pop(name, None)
+        self._last_eligibility.pop(name, None)
+        self.metrics.gateway_left(name)
+        await self._drop_member_status(name)
+
+    def _ensure_transport(self, interface: str) -> None:
+        if interface in self.transports:
+            return
+        try:
+            sock = open_vrrp_socket(interface, multicast=not self.config.unicast_peers)
+        except OSError as exc:
+            LOG.error(f"cannot open heartbeat socket on {interface}: {exc}",
+                      extra={"node": self.node})
+            return
+        transport = HeartbeatTransport(
+            sock, interface, self.encoder, self.receiver, self._on_advert,
+            peers=self.config.unicast_peers or None,
+            on_reject=lambda reason, _if: self.metrics.heartbeat_rejected(str(reason)))
+        transport.start(asyncio.get_running_loop())
+        self.transports[interface] = transport
+
+    def _send(self, interface: str, advert: WireAdvert) -> None:
+        transport = self.transports.get(interface)
+        if transport is not None:
+            transport.send(advert)
+
+    def _on_advert(self, advert: WireAdvert, _src: str, _ifname: str) -> None:
+        member = self.members.get(advert.gateway)
+        if member is None:
+            return
+        self.heard.setdefault(advert.gateway, {})[advert.node] = time.time()
+        member.on_advert(advert)
+
+    # --- eligibility ------------------------------------------------------------------
+
+    def _eligibility_inputs(self, gw: EgressGateway) -> tuple[bool, bool]:
+        """(healthy, cordoned) as the core sees them for ``gw``."""
+        me = self.snapshot.nodes.get(self.node)
+        cordoned = bool(me and me.unschedulable)
+        healthy = self.monitor.ready and not self._datapath_problems(gw)
+        return healthy, cordoned
+
+    def _datapath_problems(self, gw: EgressGateway | None = None) -> list[str]:
+        problems = list(self.kernel_problems)
+        if self.datapath is not None and self.datapath.error:
+            problems.append(self.datapath.error)
+        if gw is not None:
+            me = self.snapshot.nodes.get(self.node)
+            if me is not None:
+                _if, ip, why = egress_ip(gw, me, self.interfaces)
+                if ip is None:
+                    problems.append(why)
+        return problems
+
+    def _update_eligibility(self) -> None:
+        for name, member in self.members.items():
+            healthy, cordoned = self._eligibility_inputs(member.gateway)
+            old = self._last_eligibility.get(name)
+            if old is None or old[0] != healthy:
+                member.set_eligible(healthy)
+            if old is None or old[1] != cordoned:
+                member.set_cordoned(cordoned)
+            self._last_eligibility[name] = (healthy, cordoned)
+            self.metrics.gateway_eligibility(name, healthy and not cordoned)
+        self._status_dirty.set()
+
+    def _start_health(self) -> None:
+        def on_transition(t: Transition) -> None:
+            LOG.info(f"probe {t.probe}: {t.old} -> {t.new} ({t.reason})",
+                     extra={"node": self.node, "probe": t.probe})
+            self.metrics.probes_updated(self.monitor.statuses())
+            self._update_eligibility()
+
+        self._health_task = asyncio.create_task(run_monitor(self.monitor, on_transition),
+                                                name="health")
+
+    async def _check_kernel(self) -> None:
+        self.interfaces = await asyncio.to_thread(primary_interfaces)
+        self.datapath.set_interfaces(self.interfaces)
+        wanted = {self.config.internal_interface}
+        wanted |= {m.info.interface for m in self.members.values() if m.info.interface}
+        self.kernel_problems = await asyncio.to_thread(kernel_problems, wanted)
+
+    async def _periodic_loop(self) -> None:
+        """Self-check every second; drift repair, resync and GARP refresh on slower clocks."""
+        last_verify = last_garp = time.monotonic()
+        while True:
+            await asyncio.sleep(SELF_CHECK_INTERVAL)
+            await self._check_kernel()
+            self._update_eligibility()
+            now = time.monotonic()
+            if now - last_verify >= self.config.reconcile_interval:
+                last_verify = now
+                await self.datapath.verify()
+                self._resync.set()
+            refresh = self.config.garp.refresh
+            if refresh and now - last_garp >= refresh:
+                last_garp = now
+                for name, member in self.members.items():
+                    if member.serving:
+                        self.datapath.announce(name)
+
+    async def _reload_loop(self) -> None:
+        """SIGHUP: re-read the config file; probes keep the state of unchanged ones."""
+        while True:
+            await self.reload_requested.wait()
+            self.reload_requested.clear()
+            try:
+                new = load_config(self.config_path, node=self.node)
+            except ConfigError as exc:
+                LOG.error(f"reload rejected, keeping the old config: {exc}",
+                          extra={"node": self.node})
+                continue
+            self.config = replace(new, etcd=self.config.etcd)
+            self._load_keys()
+            for transport in self.transports.values():
+                transport.encoder = self.encoder
+            self.monitor.reconfigure(new.probes)
+            if self._health_task is not None:
+                self._health_task.cancel()
+            self._start_health()
+            await self._with_retry("register", lambda: register_node(
+                self.store, self.config, {k: str(v.ip) for k, v in self.interfaces.items()}))
+            LOG.info("config reloaded", extra={"node": self.node})
+
+    # --- status -----------------------------------------------------------------------
+
+    async def _status_loop(self) -> None:
+        lease = None
+        while True:
+            try:
+                if lease is None:
+                    lease = await self.client.lease(STATUS_LEASE_TTL)
+                    self._status_lease = lease
+                await self._publish(lease)
+                await lease.refresh()
+            except ETCD_ERRORS as exc:
+                LOG.debug(f"status publish failed: {type(exc).__name__}",
+                          extra={"node": self.node})
+                lease = None
+            try:
+                await asyncio.wait_for(self._status_dirty.wait(), self.config.status_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._status_dirty.clear()
+
+    async def _publish(self, lease) -> None:
+        dp_problems = self._datapath_problems()
+        status = NodeStatus(
+            node=self.node, ready=self.monitor.ready,
+            ready_reason="; ".join(self.monitor.failing_reasons()),
+            datapath_ready=not dp_problems, datapath_reason="; ".join(dp_problems),
+            updated=time.time(), agent_version=_version())
+        self.metrics.node_eligibility(evaluate_eligibility(
+            health_ready=self.monitor.ready, health_reasons=self.monitor.failing_reasons(),
+            cordoned=self._last_cordoned(), datapath_ready=not dp_problems,
+            datapath_reasons=dp_problems))
+        await self.client.put(self.layout.node_status_key(self.node).encode(),
+                              json.dumps(status.to_dict()).encode(), lease=lease)
+        horizon = time.time() - 3 * max(0.05, max(
+            (m.timers.standby_advert_interval for m in self.members.values()), default=0.05))
+        for name, member in list(self.members.items()):
+            healthy, cordoned = self._last_eligibility.get(name, (False, False))
+            reasons = [] if healthy else (self.monitor.failing_reasons()
+                                          + self._datapath_problems(member.gateway))
+            if cordoned:
+                reasons.append("cordoned")
+            heard = {peer: t for peer, t in self.heard.get(name, {}).items() if t >= horizon}
+            doc = member.status(healthy and not cordoned, reasons, heard)
+            await self.client.put(self.layout.gateway_status_key(name, self.node).encode(),
+                                  json.dumps(doc.to_dict()).encode(), lease=lease)
+
+    def _last_cordoned(self) -> bool:
+        me = self.snapshot.nodes.get(self.node)
+        return bool(me and me.unschedulable)
+
+    async def _drop_member_status(self, gateway: str) -> None:
+        try:
+            await self.client.delete(self.layout.gateway_status_key(gateway, self.node).encode())
+        except ETCD_ERRORS:
+            pass
+
+    async def _drop_status(self) -> None:
+        if self._status_lease is None:
+            return
+        try:
+            await asyncio.wait_for(self._status_lease.revoke(), 1.0)
+        except ETCD_ERRORS:
+            pass
+
+
+def _version() -> str:
+    from importlib.metadata import version
+    return version("vipmgr")
+
+
+FAILOVER_REASONS = tuple(c.value for c in Cause)
