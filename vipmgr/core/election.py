@@ -175,6 +175,7 @@ class Election:
         self._active_heard_at = NEVER      # last advert from any node claiming active
         self._active_node: str | None = None
         self._etcd_evidence = NEVER
+        self._confirmed_at = NEVER  # when the last Confirm was sent
         self._timers: dict[str, float] = {}
         self._challenge: tuple[int, int, bool] | None = None  # (epoch, term_rev, preempt)
         self._challenge_rev = 0
@@ -431,6 +432,8 @@ class Election:
             if not self._handle_challenges(ev.view):
                 return  # released, or answers in flight: confirm again after them
             self._etcd_evidence = max(self._etcd_evidence, issued)
+            if self.role is not Role.ACTIVE and self._now - self._active_heard_at < self._S:
+                return  # another node still serves (VRRP fallback): it yields to etcd first
             if self.role is not Role.ACTIVE and self.eligible:
                 self._goto(Cause.CONFIRMED, "etcd confirmed the authority")
             elif self.role is not Role.ACTIVE:
@@ -593,6 +596,9 @@ class Election:
             return
         adv = self.cfg.timers.advert_interval
         if view.epoch == 0 and (view.vacated or view.term_rev == 0):
+            if self._now - self._active_heard_at < self._S \
+                    and self._active_node not in (view.vacated_by, me):
+                return  # a VRRP fallback active still serves: let it yield first
             if self._free_since is None or self._free_since[0] != view.term_rev:
                 self._free_since = (view.term_rev, self._now)
             if view.successor == me:
@@ -688,7 +694,7 @@ class Election:
             return
         timers.pop("lapse", None)
         if self.role in (Role.FENCED, Role.VRRP_ACTIVE) and self.epoch and not busy:
-            timers.setdefault("confirm", self._now)
+            timers.setdefault("confirm", self._confirmed_at + self.cfg.timers.advert_interval)
         else:
             timers.pop("confirm", None)
 
@@ -735,6 +741,7 @@ class Election:
     def _tick_confirm(self) -> None:
         if self.role in (Role.ACTIVE, Role.FENCED, Role.VRRP_ACTIVE) and self.epoch \
                 and not self._in_flight("confirm") and not self._in_flight("answer"):
+            self._confirmed_at = self._now
             self._etcd("confirm", Confirm, epoch=self.epoch)
 
     def _tick_keepalive(self) -> None:

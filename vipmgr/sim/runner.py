@@ -29,11 +29,23 @@ class Summary:
         self.crash_failover += out.crash_failover
         self.graceful += out.graceful
 
+    def merge(self, other: "Summary") -> None:
+        self.schedules += other.schedules
+        self.violations += other.violations
+        self.failing += other.failing
+        self.vrrp_dual += other.vrrp_dual
+        self.crash_failover += other.crash_failover
+        self.graceful += other.graceful
+
+    @staticmethod
+    def pct(values: list[float], q: float) -> str:
+        return f"{percentile(values, q) * 1e3:.1f}"
+
     def line(self) -> str:
         rate = self.schedules / self.wall * 60 if self.wall else 0.0
         return (f"schedules={self.schedules} violations={self.violations} "
-                f"failover_p50_ms={percentile(self.crash_failover, 50) * 1e3:.1f} "
-                f"failover_p99_ms={percentile(self.crash_failover, 99) * 1e3:.1f} "
+                f"failover_p50_ms={self.pct(self.crash_failover, 50)} "
+                f"failover_p99_ms={self.pct(self.crash_failover, 99)} "
                 f"rate_per_min={rate:.0f}")
 
 

@@ -11,7 +11,6 @@ FAULTS = ("crash", "freeze", "hb_isolate", "hb_split", "hb_oneway", "etcd_cut", 
 # One calm, measured handover per schedule: crash of the active or a graceful path.
 MEASURED = ("crash_active", "switchover", "shutdown_active", "cordon_active", "health_active")
 HB_FAULTS = frozenset({"hb_isolate", "hb_split", "hb_oneway", "hb_loss", "hb_delay"})
-ETCD_FAULTS = frozenset({"etcd_cut", "etcd_outage"})
 
 
 @dataclass(frozen=True)

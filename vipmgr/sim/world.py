@@ -22,7 +22,7 @@ from vipmgr.core.messages import (
 )
 from vipmgr.core.placement import node_priority
 from vipmgr.sim.etcd import EtcdModel
-from vipmgr.sim.schedule import ETCD_FAULTS, HB_FAULTS, Episode, Schedule
+from vipmgr.sim.schedule import HB_FAULTS, Episode, Schedule
 from vipmgr.store.authority import GatewayKeys, plan
 
 HB_DELAY = (0.0001, 0.0005)    # LAN one-way
@@ -425,7 +425,9 @@ class World:
         self._track_double_fault()
 
     def _track_double_fault(self) -> None:
-        hb = bool(self.blocked) or any(e.kind in HB_FAULTS for e in self._hb_faults)
+        # A frozen process neither sends nor hears heartbeats: to its peers it is cut off.
+        hb = bool(self.blocked) or any(e.kind in HB_FAULTS for e in self._hb_faults) \
+            or any(n.frozen for n in self.nodes)
         etcd = bool(self.etcd_cut) or self.etcd_down > 0
         self.double_fault |= hb and etcd
 
