@@ -99,6 +99,9 @@ def desired(plan: NodePlan) -> NftState:
             if sp.next_hop is None:
                 inet["vm_steer"].append(f"{match} counter name \"{counter}\" drop")
             else:
+                # flows NATed by this node before the VM was selected must not ride the
+                # steering with the node's own address: drop them (the flush then clears them)
+                inet["vm_steer"].append(f"{match} ct status snat counter name \"{counter}\" drop")
                 inet["vm_steer"].append(f"{match} meta mark set meta mark & 0x{~L.MARK_MASK & 0xFFFFFFFF:08x} "
                                      f"| 0x{L.mark(sp.slot):08x}")
     if st.sets:
