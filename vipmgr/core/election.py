@@ -99,6 +99,7 @@ TRANSITIONS: dict[tuple[Role, Cause], Role] = {
     (R.FENCED, C.CONFIRMED): R.ACTIVE,
     (R.FENCED, C.LOST): R.STANDBY,
     (R.FENCED, C.RELEASE): R.RELEASING,
+    (R.FENCED, C.VRRP_TAKEOVER): R.VRRP_ACTIVE,
     (R.RELEASING, C.RELEASED): R.STANDBY,
     (R.RELEASING, C.ETCD_UNREACHABLE): R.STANDBY,
     (R.RELEASING, C.STOP): R.STOPPED,
@@ -426,7 +427,11 @@ class Election:
     def _result_confirm(self, ev: EtcdResult, issued: float) -> None:
         if self.role not in (Role.ACTIVE, Role.FENCED, Role.VRRP_ACTIVE):
             return
-        if ev.outcome == REFUSED:
+        if ev.outcome == UNREACHABLE:
+            if self.role is Role.FENCED and self.cfg.on_etcd_loss == "vrrp" and self.eligible \
+                    and self._now - self._active_heard_at >= self._S:
+                self._goto(Cause.VRRP_TAKEOVER, "etcd unreachable, no other active heard")
+        elif ev.outcome == REFUSED:
             self._lose("confirm refused")
         elif ev.outcome == OK and ev.view is not None:
             if not self._handle_challenges(ev.view):
@@ -597,7 +602,7 @@ class Election:
         adv = self.cfg.timers.advert_interval
         if view.epoch == 0 and (view.vacated or view.term_rev == 0):
             if self._now - self._active_heard_at < self._S \
-                    and self._active_node not in (view.vacated_by, me):
+                    and self._active_node not in (None, view.vacated_by, me):
                 return  # a VRRP fallback active still serves: let it yield first
             if self._free_since is None or self._free_since[0] != view.term_rev:
                 self._free_since = (view.term_rev, self._now)

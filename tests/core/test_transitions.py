@@ -1,0 +1,273 @@
+"""Table-driven transition tests of one Election with a scripted clock.
+
+etcd is the simulator's in-memory model answering at once, so each test reads as
+a timeline: events at given instants, then the role and the actions.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from vipmgr.config.timers import Timers
+from vipmgr.core.election import (
+    TRANSITIONS, VRRP_TRANSITIONS, Cause, Election, ElectionConfig, IllegalTransition, Role,
+)
+from vipmgr.core.messages import (
+    OK, ROLE_ACTIVE, ROLE_STANDBY, Advert, Answer, Cordoned, Depose, EtcdResult, GrantLease,
+    HealthChanged, Heartbeat, KeepAlive, PostChallenge, Program, Release, RevokeLease,
+    Shutdown, Start, SwitchoverRequested, Tick, Watch, WatchUpdate, Withdraw,
+)
+from vipmgr.sim.etcd import EtcdModel
+from vipmgr.store.authority import GatewayKeys, plan
+
+T = Timers()
+S, W, F = T.suspect_time, T.challenge_window, T.fence_deadline
+GW = "gw"
+
+
+class Driver:
+    """One node's Election, an instant etcd shared with other drivers, a scripted clock."""
+
+    def __init__(self, node="a", members=("a", "b", "c"), priority=100, etcd=None,
+                 cut=False, **cfg):
+        self.el = Election(ElectionConfig(GW, node, tuple(members), priority, T, **cfg))
+        self.etcd = etcd or EtcdModel()
+        self.keys = GatewayKeys("/vipmgr", GW)
+        self.cut = cut          # etcd unreachable from this node
+        self.actions: list = []
+        self.later: list = []   # (when, event) for unreachable results
+        self.now = 0.0
+
+    def feed(self, event, at: float | None = None) -> list:
+        if at is not None:
+            self.now = at
+        out = self.el.handle(event, self.now)
+        self.actions += out
+        for a in out:
+            result = self._etcd(a)
+            if result is None:
+                continue
+            if self.cut:  # no answer until the request times out
+                self.later.append((self.now + T.etcd_timeout, result))
+            else:
+                self.feed(result)
+        return out
+
+    def _etcd(self, a):
+        if isinstance(a, Watch):
+            return None if self.cut else WatchUpdate(self.etcd.view(self.keys))
+        if not hasattr(a, "op_id"):
+            return None
+        if self.cut:
+            return EtcdResult(a.op_id, "unreachable")
+        if isinstance(a, GrantLease):
+            return EtcdResult(a.op_id, OK, lease=self.etcd.grant(a.ttl, self.now))
+        if isinstance(a, KeepAlive):
+            return EtcdResult(a.op_id, OK if self.etcd.keepalive(a.lease, self.now) else "refused")
+        if isinstance(a, RevokeLease):
+            return EtcdResult(a.op_id, OK if self.etcd.revoke(a.lease) else "refused")
+        ok, rev, view = self.etcd.txn(plan(a, self.el.cfg.node, self.keys), self.keys)
+        return EtcdResult(a.op_id, OK if ok else "refused", rev, view)
+
+    def run_until(self, t: float) -> None:
+        """Deliver Tick at every deadline up to ``t``."""
+        while True:
+            due = [self.el.next_deadline] if self.el.next_deadline is not None else []
+            due += [w for w, _ in self.later]
+            if not due or min(due) > t:
+                break
+            when = min(due)
+            if self.later and min(w for w, _ in self.later) == when:
+                item = min(self.later, key=lambda x: x[0])
+                self.later.remove(item)
+                self.feed(item[1], max(self.now, when))
+            else:
+                self.feed(Tick(), max(self.now, when))
+        self.now = t
+
+    def hear(self, node, role=ROLE_ACTIVE, epoch=0, priority=50, echo=None, at=None):
+        adv = Advert(GW, node, role, epoch, priority, True, True, (), self.now if at is None
+                     else at, echo and self.el.cfg.node, echo or 0.0)
+        return self.feed(Heartbeat(adv), at)
+
+    def of(self, cls) -> list:
+        return [a for a in self.actions if isinstance(a, cls)]
+
+
+def active_driver(**kw) -> Driver:
+    d = Driver(**kw)
+    d.feed(Start(), 0.0)
+    d.run_until(0.01)
+    assert d.el.role is Role.ACTIVE
+    return d
+
+
+# --- the table itself -------------------------------------------------------------
+
+@pytest.mark.parametrize("role,cause", list(itertools.product(Role, Cause)))
+def test_transition_table_is_the_only_way(role, cause):
+    d = Driver()
+    d.el.role = role
+    target = TRANSITIONS.get((role, cause))
+    if target is None:
+        with pytest.raises(IllegalTransition):
+            d.el._goto(cause)
+    else:
+        d.el._goto(cause, "test")
+        assert d.el.role is target
+        leaving = role in (Role.ACTIVE, Role.VRRP_ACTIVE) and target not in (
+            Role.ACTIVE, Role.VRRP_ACTIVE)
+        assert any(isinstance(a, Withdraw) for a in d.el._out) == leaving
+
+
+def test_vrrp_policy_overrides_only_its_row():
+    d = Driver(on_etcd_loss="vrrp")
+    d.el.role = Role.ACTIVE
+    d.el._goto(Cause.EVIDENCE_LAPSED)
+    assert d.el.role is VRRP_TRANSITIONS[(Role.ACTIVE, Cause.EVIDENCE_LAPSED)]
+
+
+# --- behaviour, one timeline per row ------------------------------------------------
+
+def test_fresh_gateway_is_acquired_and_programmed_within_evidence():
+    d = active_driver()
+    (prog, *_) = d.of(Program)
+    assert prog.until <= d.el.validity() and prog.until <= d.now + T.deadman_timeout
+
+
+def test_standby_hearing_the_active_never_challenges():
+    etcd = EtcdModel()
+    holder = active_driver(node="b", etcd=etcd)
+    d = Driver(etcd=etcd)
+    d.feed(Start(), 0.0)
+    for i in range(1, 60):
+        d.hear("b", epoch=holder.el.epoch, at=i * T.advert_interval)
+        d.run_until(i * T.advert_interval)
+    assert not d.of(PostChallenge) and d.el.role is Role.STANDBY
+
+
+def test_silence_for_the_suspect_time_starts_a_challenge_then_depose_and_acquire():
+    etcd = EtcdModel()
+    holder = active_driver(node="b", etcd=etcd)
+    d = Driver(etcd=etcd)
+    d.feed(Start(), 0.0)
+    d.hear("b", epoch=holder.el.epoch, at=0.1)
+    d.run_until(0.1 + S - 0.001)
+    assert not d.of(PostChallenge)
+    d.run_until(0.1 + S + 0.001)
+    assert d.el.role is Role.CHALLENGING and len(d.of(PostChallenge)) == 1
+    d.run_until(0.1 + S + W - 0.001)
+    assert not d.of(Depose)
+    d.run_until(0.1 + S + W + 0.002)
+    assert d.el.role is Role.ACTIVE and len(d.of(Depose)) == 1
+    assert d.el.epoch > holder.el.epoch
+
+
+def test_holder_answers_a_challenge_and_the_challenger_backs_off():
+    etcd = EtcdModel()
+    holder = active_driver(node="b", etcd=etcd)
+    d = Driver(etcd=etcd)
+    d.feed(Start(), 0.0)
+    d.run_until(S + 0.001)  # never heard b: suspects
+    assert d.el.role is Role.CHALLENGING
+    holder.feed(WatchUpdate(etcd.view(holder.keys)), d.now)
+    assert holder.of(Answer)
+    d.feed(WatchUpdate(etcd.view(d.keys)))
+    assert d.el.role is Role.STANDBY and holder.el.role is Role.ACTIVE
+    d.run_until(d.now + W + 0.01)
+    assert not d.of(Depose)
+
+
+def test_isolated_holder_of_three_yields_to_a_challenger_that_hears_others():
+    etcd = EtcdModel()
+    holder = active_driver(node="b", etcd=etcd)  # hears nobody
+    d = Driver(etcd=etcd)
+    d.feed(Start(), 0.0)
+    d.hear("c", role=ROLE_STANDBY, at=0.005)
+    d.run_until(S + 0.001)
+    assert d.el.role is Role.CHALLENGING
+    holder.feed(WatchUpdate(etcd.view(holder.keys)), d.now)
+    assert holder.el.role is Role.STANDBY and holder.of(Withdraw) and holder.of(Release)
+    d.feed(WatchUpdate(etcd.view(d.keys)))
+    assert d.el.role is Role.ACTIVE
+
+
+def test_two_node_holder_keeps_the_role_when_isolated():
+    etcd = EtcdModel()
+    holder = active_driver(node="b", members=("a", "b"), etcd=etcd)
+    d = Driver(members=("a", "b"), etcd=etcd)
+    d.feed(Start(), 0.0)
+    d.run_until(S + 0.001)
+    holder.feed(WatchUpdate(etcd.view(holder.keys)), d.now)
+    assert holder.el.role is Role.ACTIVE and holder.of(Answer)
+
+
+def test_holder_without_evidence_fences_itself_before_anyone_could_take_over():
+    d = active_driver()
+    d.cut = True
+    acquired_at = 0.0
+    d.run_until(1.0)
+    assert d.el.role is Role.FENCED and d.of(Withdraw)
+    last = max(p.until for p in d.of(Program))
+    assert last <= acquired_at + 0.01 + F  # etcd evidence ends fenceDeadline after it
+
+
+def test_peer_echoes_keep_the_holder_active_without_etcd():
+    d = active_driver(members=("a", "b"))
+    d.cut = True
+    for i in range(1, 100):
+        t = 0.01 + i * T.standby_advert_interval / 2
+        d.run_until(t)
+        d.hear("b", role=ROLE_STANDBY, echo=t - 0.021, at=t)
+    assert d.el.role is Role.ACTIVE
+    assert all(p.until <= d.now + T.deadman_timeout for p in d.of(Program))
+
+
+def test_vrrp_policy_keeps_serving_when_evidence_lapses_live():
+    d = active_driver(on_etcd_loss="vrrp")
+    d.cut = True
+    d.run_until(1.0)
+    assert d.el.role is Role.VRRP_ACTIVE
+
+
+def test_a_paused_holder_fences_even_with_vrrp_policy():
+    d = active_driver(on_etcd_loss="vrrp")
+    d.cut = True
+    d.feed(Tick(), 1.0)  # nothing ran for a second: a freeze
+    assert d.el.role is Role.FENCED
+
+
+@pytest.mark.parametrize("event", [HealthChanged(False), Cordoned(True), Shutdown(),
+                                   SwitchoverRequested("b")], ids=lambda e: type(e).__name__)
+def test_graceful_paths_withdraw_then_release(event):
+    d = active_driver()
+    before = len(d.actions)
+    d.feed(event, 0.02)
+    tail = d.actions[before:]
+    kinds = [type(a) for a in tail]
+    assert Withdraw in kinds and Release in kinds
+    assert kinds.index(Withdraw) < kinds.index(Release)
+    assert d.el.role in (Role.STANDBY, Role.STOPPED)
+    assert d.etcd.view(d.keys).vacated
+
+
+def test_releaser_lets_others_go_first():
+    etcd = EtcdModel()
+    d = active_driver(etcd=etcd)
+    d.feed(SwitchoverRequested(None), 0.02)
+    d.run_until(0.02 + S)
+    assert d.el.role is Role.STANDBY
+
+
+def test_restart_hands_over_the_previous_incarnations_key():
+    etcd = EtcdModel()
+    active_driver(etcd=etcd)
+    again = Driver(etcd=etcd)
+    out = again.feed(Start(), 0.5)
+    assert isinstance(out[0], Withdraw)
+    again.run_until(0.5 + S + W - 0.01)  # lets others take it first
+    assert again.of(Release) and again.el.role is Role.STANDBY
+    again.run_until(0.5 + S + W + 0.02)
+    assert again.el.role is Role.ACTIVE
