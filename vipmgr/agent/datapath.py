@@ -42,6 +42,8 @@ class NodeDatapath:
         self.error: str = ""                  # last reconcile failure, for datapath-ready
         self._dirty = asyncio.Event()
         self._arm = False
+        self._armed: set[str] = set()  # serving gateways whose dead-man this process armed
+        self._verify_next = False
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
 
@@ -65,22 +67,35 @@ class NodeDatapath:
             self.holders = holders
             self._dirty.set()
 
-    async def program(self, gateway: str, until: float) -> None:
-        """Serve ``gateway`` (arming the dead-man), or keep it armed while evidence holds."""
+    def program(self, gateway: str, until: float) -> None:
+        """Serve ``gateway`` (the take arms the dead-man), or keep it armed while the
+        evidence holds. State changes here, in the core's order; the kernel follows."""
         if self.clock() >= until:
             return  # the evidence already lapsed; the core withdraws next
         if gateway in self.serving:
             self.serving[gateway] = until
-            self.dp.refresh()
-            self.metrics.deadman_refreshed(gateway)
+            if gateway in self._armed and not self._dirty.is_set():
+                self._refresh(gateway)
             return
         self.serving[gateway] = until
         self._arm = True
-        await self._reconcile_now()
+        self._dirty.set()
 
-    async def withdraw(self, gateway: str) -> None:
+    def withdraw(self, gateway: str) -> None:
         if self.serving.pop(gateway, None) is not None:
-            await self._reconcile_now()
+            self._armed.discard(gateway)
+            self._dirty.set()
+
+    def _refresh(self, gateway: str) -> None:
+        try:
+            self.dp.refresh()
+        except KernelError as exc:
+            self.error = f"dead-man refresh failed: {exc}"
+            LOG.error(self.error, extra={"node": self.node, "gateway": gateway})
+            self._verify_next = True
+            self._dirty.set()
+            return
+        self.metrics.deadman_refreshed(gateway)
 
     def request(self) -> None:
         """Something changed that may change the plan: reconcile soon."""
@@ -101,15 +116,11 @@ class NodeDatapath:
                                snap.vms.values(), snap.nodes.values(), active,
                                interfaces=self.interfaces, garp=self.garp)
 
-    async def _reconcile_now(self) -> None:
-        async with self._lock:
-            await self._apply(verify=False)
-
     async def _worker(self) -> None:
         while True:
             await self._dirty.wait()
             async with self._lock:
-                await self._apply(verify=False)
+                await self._apply(verify=self._verify_next)
 
     async def verify(self) -> None:
         """Periodic: re-read the kernel and repair drift (someone flushed our table)."""
@@ -118,6 +129,7 @@ class NodeDatapath:
 
     async def _apply(self, verify: bool) -> None:
         self._dirty.clear()
+        self._verify_next = False
         arm, self._arm = self._arm, False
         plan = self.build()
         started = time.perf_counter()
@@ -127,9 +139,13 @@ class NodeDatapath:
             self.error = f"dataplane reconcile failed: {exc}"
             LOG.error(self.error, extra={"node": self.node})
             self._arm = self._arm or arm
+            self._verify_next = True
             return
         self.error = ""
         self.plan = plan
+        # A take arms every active gateway of its plan; later plans keep what stays active.
+        active_now = {g.name for g in plan.active}
+        self._armed = active_now if arm else self._armed & active_now
         for problem in plan.problems:
             LOG.warning(problem, extra={"node": self.node})
         if report:
@@ -163,10 +179,14 @@ class NodeDatapath:
                     for g in self.plan.active if g.active is not None}))
 
     async def close(self) -> None:
+        """Stop the worker after carrying out what is pending (a shutdown's withdraws)."""
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        if self._dirty.is_set():
+            async with self._lock:
+                await self._apply(verify=False)
 

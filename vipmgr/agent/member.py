@@ -139,7 +139,7 @@ class GatewayMember:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.serving:
-            await self.ctx.datapath.withdraw(self.name)
+            self.ctx.datapath.withdraw(self.name)
 
     @property
     def role(self) -> str:
@@ -186,9 +186,9 @@ class GatewayMember:
                     action.advert, self.vrid, max(1, round(interval * 1000)), self.info.egress_ip))
                 self.ctx.metrics.heartbeat_sent(self.name, self.info.interface)
         elif isinstance(action, Program):
-            self._spawn(self.ctx.datapath.program(self.name, action.until))
+            self.ctx.datapath.program(self.name, action.until)
         elif isinstance(action, Withdraw):
-            self._spawn(self.ctx.datapath.withdraw(self.name))
+            self.ctx.datapath.withdraw(self.name)
         elif isinstance(action, RoleChanged):
             self._role_changed(action)
         elif isinstance(action, Note):
@@ -223,14 +223,15 @@ class GatewayMember:
         if old == Role.STANDBY.value and new not in SERVING:
             self.info.left_standby_at = now
             self.info.previous_holder = self.election.view.holder or self.election.view.term_node
-        if new in SERVING:
-            started = self.info.left_standby_at or now
+        if new in SERVING and self.info.left_standby_at is not None:
             previous = self.info.previous_holder
             self.info.last_failover = {
                 "from": previous if previous != self.ctx.node else None, "to": self.ctx.node,
-                "reason": change.cause, "duration_ms": round((now - started) * 1e3, 1),
-                "at": now}
+                "reason": change.cause,
+                "duration_ms": round((now - self.info.left_standby_at) * 1e3, 1), "at": now}
+            self.info.left_standby_at = None
             self.ctx.metrics.failover_completed(self.name, change.cause)
+        if new in SERVING:
             self.ctx.metrics.epoch_seen(self.name, self.election.epoch)
         if new == Role.VRRP_ACTIVE.value or old == Role.VRRP_ACTIVE.value:
             self.ctx.metrics.etcd_loss_mode_changed(self.name, new == Role.VRRP_ACTIVE.value)
