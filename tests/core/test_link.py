@@ -1,0 +1,81 @@
+"""Two or three real Election instances over an in-memory link and etcd model
+(the simulator's World, with hand-written fault timelines instead of random ones)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vipmgr.config.timers import Timers
+from vipmgr.sim.schedule import Episode, Schedule
+from vipmgr.sim.world import World
+
+T = Timers()
+
+
+def world(episodes, nodes=3, policy="hold", end=None):
+    names = [f"n{i + 1}" for i in range(nodes)]
+    sched = Schedule(seed=7, nodes=names, gateways=["gw1"], policy=policy,
+                     drift=[0.0] * nodes, offsets=[0.0] * nodes, episodes=episodes,
+                     faults_end=end if end is not None else max(e.start + e.duration
+                                                                for e in episodes))
+    w = World(sched, T, trace=True)
+    return w, w.run()
+
+
+def active_now(w):
+    return [n for n, exp in w.kernel["gw1"].items() if exp > w.t]
+
+
+def programs_after(out, t_ms):
+    return [line for line in out.trace if "datapath programmed" in line
+            and float(line.split()[0]) > t_ms]
+
+
+def test_crash_of_the_active_fails_over_within_suspect_plus_window():
+    w, out = world([Episode("crash_active", 0.8, 0.4)])
+    assert out.violations == []
+    (took,) = out.crash_failover
+    assert T.suspect_time < took < T.suspect_time + T.challenge_window + T.advert_interval + 0.02
+    assert len(active_now(w)) == 1
+
+
+@pytest.mark.parametrize("kind", ["switchover", "shutdown_active", "cordon_active",
+                                  "health_active"])
+def test_graceful_handover_is_immediate(kind):
+    w, out = world([Episode(kind, 0.8, 0.4)])
+    assert out.violations == [] and len(out.graceful) == 1 and out.graceful[0] < 0.02
+
+
+def test_heartbeat_split_with_etcd_keeps_the_holder():
+    w, out = world([Episode("hb_split", 0.8, 1.0, other=1)], nodes=2)
+    assert out.violations == []
+    assert programs_after(out, 100) == []  # nobody else ever took the datapath
+    assert any("heartbeat-path-broken" in line for line in out.trace)
+
+
+def test_isolated_holder_of_three_yields():
+    w0, _ = world([Episode("leader_change", 0.5, 0.0)])
+    holder = active_now(w0)[0]
+    idx = int(holder[1:]) - 1
+    w, out = world([Episode("hb_isolate", 0.8, 1.0, node=idx)])
+    assert out.violations == []
+    (new,) = active_now(w)
+    assert new != holder
+    assert any(f"{holder} gw1   active -> releasing (release: isolated" in line
+               for line in out.trace)
+
+
+def test_etcd_outage_under_hold_keeps_the_active_serving():
+    w, out = world([Episode("etcd_outage", 0.8, 2.5)])
+    assert out.violations == []
+    assert programs_after(out, 100) == []
+    assert not any("-> fenced" in line for line in out.trace)
+
+
+def test_frozen_active_is_fenced_by_its_kernel_before_the_takeover():
+    w0, _ = world([Episode("leader_change", 0.5, 0.0)])
+    idx = int(active_now(w0)[0][1:]) - 1
+    w, out = world([Episode("freeze", 0.8, 0.6, node=idx)])
+    assert out.violations == []
+    assert any("resumes" in line for line in out.trace)
+    assert len(active_now(w)) == 1
