@@ -17,7 +17,8 @@ KEY_B = bytes(range(100, 132))
 def advert() -> Advert:
     return Advert(node="node-a", gateway="egress-1", vrid=42, role=Role.ACTIVE, epoch=1234,
                   priority=200, interval_ms=20, egress_ip="198.51.100.10", healthy=True,
-                  etcd_reachable=True, heard=("node-b", "node-c"))
+                  etcd_reachable=True, heard=("node-b", "node-c"), stamp=4660.123456,
+                  echo_node="node-b", echo_stamp=4659.5)
 
 
 @pytest.fixture

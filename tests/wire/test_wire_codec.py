@@ -15,25 +15,35 @@ from scapy.layers.vrrp import VRRPv3
 from vipmgr.resources.vrid import derived_vrid
 from vipmgr.wire.codec import Encoder, decode, inet_checksum
 from vipmgr.wire.keys import KeyFileError, KeyRing, load_keyring, parse_keys
-from vipmgr.wire.message import Reject, Role
+from vipmgr.wire.message import Advert, Reject, Role
 
 GOLDEN_SIGNED = bytes.fromhex(
-    "45c0007807084000ff70d139c0000201e0000012"          # IPv4, TTL 255, proto 112
-    "312ac8010002a5b1" "c633640a"                         # VRRPv3 hdr, 198.51.100.10
-    "56504d47010701020102030405060708"                    # VPMG v1 flags auth heard seq
-    "00000000000004d20014"                                # epoch 1234, 20 ms
-    "066e6f64652d61086567726573732d31066e6f64652d62066e6f64652d63"  # names
-    "2b4a14f7dd9ee3412bf0996c517b88ffc313c004bba0ccc8c657c3d6c00df0ee")  # HMAC
-GOLDEN_UNICAST_PLAIN = bytes.fromhex(
-    "45c0005800054000ff70f66cc0000201c0000202312ac8010002bc97c633640a56504d4701070002"
-    "000000000000000500000000000004d20014066e6f64652d61086567726573732d31066e6f64652d"
-    "62066e6f64652d63")
+    "45c0008f07084000ff70d122c0000201e0000012"          # IPv4, TTL 255, proto 112
+    "312ac80100025f80" "c633640a"                         # VRRPv3 hdr, 198.51.100.10
+    "56504d4702070102" "0102030405060708"                 # VPMG v2 flags auth heard, seq
+    "00000000000004d2" "0014"                             # epoch 1234, 20 ms
+    "0000000115c3d740" "0000000115ba53e0"                 # stamp 4660.123456 s, echo 4659.5 s
+    "066e6f64652d61" "086567726573732d31" "066e6f64652d62"  # node, gateway, echo node
+    "066e6f64652d62066e6f64652d63"                        # heard
+    "dd54bca7c717a9b84f2aa24afb00bd574171e7ade363a8198a41c252bc73af58")  # HMAC
+GOLDEN_UNICAST_PLAIN = bytes.fromhex(    # no echo: echo stamp 0, echo node length 0
+    "45c0006900054000ff70f65bc0000201c0000202312ac8010002cd82c633640a56504d4702070002"
+    "000000000000000500000000000004d200140000000115c3d7400000000000000000066e6f64652d"
+    "61086567726573732d3100066e6f64652d62066e6f64652d63")
+GOLDEN_V1_SIGNED = bytes.fromhex(        # the same advert in trailer version 1 (no stamps)
+    "45c0007807084000ff70d139c0000201e0000012312ac8010002a5b1c633640a56504d4701070102"
+    "010203040506070800000000000004d20014066e6f64652d61086567726573732d31066e6f64652d"
+    "62066e6f64652d632b4a14f7dd9ee3412bf0996c517b88ffc313c004bba0ccc8c657c3d6c00df0ee")
+
+
+def no_echo(advert):
+    return dataclasses.replace(advert, echo_node=None, echo_stamp=0.0)
 
 
 def test_encode_matches_golden_bytes(advert, keys):
     assert Encoder(keys[0], seq_start=0x0102030405060708).encode(advert, "192.0.2.1") \
         == GOLDEN_SIGNED
-    assert Encoder(None, seq_start=5).encode(advert, "192.0.2.1", "192.0.2.2") \
+    assert Encoder(None, seq_start=5).encode(no_echo(advert), "192.0.2.1", "192.0.2.2") \
         == GOLDEN_UNICAST_PLAIN
 
 
@@ -45,7 +55,36 @@ def test_decode_golden_bytes(advert, keys):
     assert mac == hmac.new(keys[0], signed, hashlib.sha256).digest()
     frame, mac, _ = decode(GOLDEN_UNICAST_PLAIN)
     assert (frame.advert, frame.dst, mac, frame.authenticated) == \
-        (advert, "192.0.2.2", None, False)
+        (no_echo(advert), "192.0.2.2", None, False)
+
+
+def test_trailer_version_1_is_rejected_as_version():
+    """A v1 sender (no stamps) is counted as `version`, never read with made-up stamps."""
+    assert decode(GOLDEN_V1_SIGNED) is Reject.VERSION
+
+
+def test_existing_callers_get_zero_stamps_and_no_echo():
+    plain = Advert("a", "egress-1", 42, Role.STANDBY, 0, 1, 100, None, True, True)
+    assert (plain.stamp, plain.echo_node, plain.echo_stamp) == (0.0, None, 0.0)
+    assert decode(Encoder(seq_start=1).encode(plain, "192.0.2.1"))[0].advert == plain
+
+
+def test_stamps_round_down_to_whole_microseconds(advert):
+    """The echo tells the active since when a standby heard it: a decoded stamp must never
+    be later than the one sent, and a decoded stamp must re-encode to itself."""
+    enc = Encoder(seq_start=1)
+    for sent, got in ((0.0000019, 0.000001), (1.9999999, 1.999999), (4660.123456, 4660.123456),
+                      (0.3, 0.3), (2**33 - 1e-6, 8589934591.999999)):
+        frame, _, _ = decode(enc.encode(dataclasses.replace(advert, stamp=sent, echo_stamp=sent),
+                                        "192.0.2.1"))
+        assert frame.advert.stamp == frame.advert.echo_stamp == got <= sent
+
+
+def test_echo_node_change_is_not_served_from_the_cache(advert):
+    enc = Encoder(seq_start=1)
+    for echo in ("node-b", None, "node-c", "node-b"):
+        frame, _, _ = decode(enc.encode(dataclasses.replace(advert, echo_node=echo), "192.0.2.1"))
+        assert frame.advert.echo_node == echo
 
 
 def test_round_trip_variants(advert):
@@ -53,7 +92,8 @@ def test_round_trip_variants(advert):
     for variant in (dataclasses.replace(advert, role=Role.STANDBY, healthy=False,
                                         etcd_reachable=False, priority=0, heard=()),
                     dataclasses.replace(advert, egress_ip=None, epoch=2**64 - 1,
-                                        interval_ms=65535, node="ü" * 100)):
+                                        interval_ms=65535, node="ü" * 100, echo_node="ö" * 126,
+                                        stamp=0.0, echo_stamp=2**33 - 1e-6)):
         frame, _, _ = decode(enc.encode(variant, "203.0.113.7"))
         assert frame.advert == variant
     assert enc.seq == 12
@@ -76,9 +116,22 @@ def test_encoder_rejects_unencodable_adverts(advert):
     enc = Encoder()
     for bad in (dict(vrid=0), dict(priority=256), dict(interval_ms=0), dict(epoch=-1),
                 dict(node=""), dict(heard=tuple(f"n{i}" for i in range(33))),
-                dict(heard=tuple("x" * 250 + str(i) for i in range(8)))):
+                dict(heard=tuple("x" * 250 + str(i) for i in range(8))),
+                dict(echo_node=""), dict(echo_node="x" * 254), dict(stamp=-1e-9),
+                dict(stamp=float("nan")), dict(echo_stamp=float("inf")), dict(echo_stamp=2**33)):
         with pytest.raises(ValueError):
             enc.encode(dataclasses.replace(advert, **bad), "192.0.2.1")
+
+
+def test_one_datagram_holds_1394_bytes_of_names(advert):
+    """docs/wire.md: 32 heard peers fit when every name (node, gateway, echo) is ≤ 38 bytes."""
+    def names(n):
+        return dict(node="a" * n, gateway="egress-1".ljust(n, "x"), echo_node="e" * n,
+                    heard=tuple(f"{i:02d}".ljust(n, "h") for i in range(32)))
+    enc = Encoder(bytes(32))
+    assert len(enc.encode(dataclasses.replace(advert, **names(38)), "192.0.2.1")) == 1500 - 29
+    with pytest.raises(ValueError):
+        enc.encode(dataclasses.replace(advert, **names(39)), "192.0.2.1")
 
 
 def test_checksum_helper_matches_rfc1071_example():

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import struct
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vipmgr.wire.codec import Encoder, decode, inet_checksum
+from vipmgr.wire.codec import STAMP_US_MAX, TRAILER, Encoder, decode, inet_checksum
 from vipmgr.wire.keys import KeyRing
-from vipmgr.wire.message import HEARD_MAX, Advert, Frame, Reject, Role
+from vipmgr.wire.message import HEARD_MAX, STAMP_MAX, Advert, Frame, Reject, Role
 from vipmgr.wire.receiver import Receiver
 
 SRC = "192.0.2.1"
@@ -18,13 +20,16 @@ FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20)
+# whole microseconds (what a decoded stamp is), so the round trip is exact
+stamps = st.integers(0, STAMP_US_MAX - 1).map(lambda us: us / 1_000_000)
 adverts = st.builds(
     Advert, node=names, gateway=st.just("egress-1"), vrid=st.just(42),
     role=st.sampled_from(Role), epoch=st.integers(0, 2**64 - 1), priority=st.integers(0, 255),
     interval_ms=st.integers(1, 65535),
     egress_ip=st.one_of(st.none(), st.ip_addresses(v=4, network="198.51.100.0/24").map(str)),
     healthy=st.booleans(), etcd_reachable=st.booleans(),
-    heard=st.lists(names, max_size=HEARD_MAX).map(tuple))
+    heard=st.lists(names, max_size=HEARD_MAX).map(tuple), stamp=stamps,
+    echo_node=st.one_of(st.none(), names), echo_stamp=stamps)
 
 
 def receiver(require_auth: bool = True) -> Receiver:
@@ -58,6 +63,17 @@ def test_round_trip(advert, seq):
     pkt = Encoder(KEY, seq_start=seq).encode(advert, SRC)
     frame = receiver().process(pkt, 0.0)
     assert isinstance(frame, Frame) and frame.advert == advert and frame.seq == seq
+
+
+@FUZZ
+@given(adverts, st.floats(0, STAMP_MAX, exclude_max=True), st.floats(0, STAMP_MAX, exclude_max=True))
+def test_any_stamp_decodes_to_its_microsecond_floor(advert, stamp, echo_stamp):
+    sent = dataclasses.replace(advert, stamp=stamp, echo_stamp=echo_stamp)
+    got = decode(Encoder(seq_start=1).encode(sent, SRC))[0].advert
+    for before, after in ((stamp, got.stamp), (echo_stamp, got.echo_stamp)):
+        # never later, and less than a microsecond (+ float spacing) earlier; exact: Sterbenz
+        assert 0 <= before - after < 1e-6 + math.ulp(before)
+    assert decode(Encoder(seq_start=1).encode(got, SRC))[0].advert == got
 
 
 @FUZZ
@@ -119,6 +135,10 @@ def test_rechecksummed_tampering_fails_auth(advert, data):
     assert isinstance(result, Reject)
     if pos == 22 or trailer + 8 <= pos < trailer + 24:    # priority, sequence, epoch
         assert result is Reject.AUTH
+    if trailer + 26 <= pos < trailer + TRAILER.size:      # stamp, echo stamp
+        *_, stamp_us, echo_us = TRAILER.unpack_from(pkt, trailer)
+        assert result is (Reject.MALFORMED if max(stamp_us, echo_us) >= STAMP_US_MAX
+                          else Reject.AUTH)
 
 
 @FUZZ
@@ -142,7 +162,11 @@ def test_known_edge_cases():
                           ((9, 17), Reject.MALFORMED),          # not protocol 112
                           ((8, 254), Reject.TTL),
                           ((20, 0x21), Reject.VERSION),
-                          ((20, 0x32), Reject.TYPE)):
+                          ((20, 0x32), Reject.TYPE),
+                          ((32, 1), Reject.VERSION),            # trailer v1: no stamps
+                          ((32, 3), Reject.VERSION),
+                          ((54, 0xFF), Reject.MALFORMED),       # stamp beyond STAMP_MAX:
+                          ((62, 0xFF), Reject.MALFORMED)):      # echoing it could not encode
         bad = bytearray(pkt)
         bad[patch[0]] = patch[1]
         assert receiver().process(refix_checksums(bad), 0) is reason, patch

@@ -7,9 +7,11 @@ A heartbeat is one IPv4 datagram, protocol 112, TTL 255::
         max advert interval (centiseconds), checksum
     address list: the gateway's egress IP (0 or 1 entries)
     vipmgr trailer (network byte order):
-        "VPMG" | trailer version (1) | flags | auth scheme | heard count
+        "VPMG" | trailer version (2) | flags | auth scheme | heard count
         | sequence (u64) | epoch (u64) | interval ms (u16)
+        | stamp µs (u64) | echo stamp µs (u64)
         | node (u8 length + UTF-8) | gateway (u8 length + UTF-8)
+        | echo node (u8 length + UTF-8; length 0 = none)
         | heard count × (u8 length + UTF-8)
         | HMAC-SHA256 (32 bytes, only when auth scheme = 1)
 
@@ -20,9 +22,11 @@ computed last. The encoder emits the whole IP header (the transport sends with
 ``IP_HDRINCL``) so the bytes in a pcap are exactly what went on the wire.
 
 Speed: building through scapy costs ~0.6 ms a packet. scapy's VRRPv3 layer
-builds each distinct (VRID, interval, egress IP) header once; the per-packet
-work is struct packing, one HMAC and a checksum over ~100 bytes. Parsing is
-struct-based; tests cross-check it against scapy's dissector and tshark.
+builds each distinct (VRID, interval, egress IP) header once and the name block
+(node, gateway, echo node, heard) is cached per advert shape; the per-packet
+work is struct packing (priority, sequence, epoch, stamps), one HMAC and a
+checksum over ~130 bytes. Parsing is struct-based; tests cross-check it
+against scapy's dissector and tshark.
 """
 
 from __future__ import annotations
@@ -36,18 +40,18 @@ from array import array
 from scapy.layers.inet import IP
 from scapy.layers.vrrp import VRRPv3
 
-from vipmgr.wire.message import (HEARD_MAX, NAME_MAX, VRRP_GROUP, VRRP_PROTO, VRRP_TTL,
-                                 Advert, Frame, Reject, Role)
+from vipmgr.wire.message import (HEARD_MAX, NAME_MAX, STAMP_MAX, VRRP_GROUP, VRRP_PROTO,
+                                 VRRP_TTL, Advert, Frame, Reject, Role)
 
 MAGIC = b"VPMG"
-TRAILER_VERSION = 1
+TRAILER_VERSION = 2     # 2: stamp, echo stamp, echo node
 AUTH_NONE, AUTH_HMAC_SHA256 = 0, 1
 HMAC_LEN = 32
 FLAG_ACTIVE, FLAG_HEALTHY, FLAG_ETCD = 0x01, 0x02, 0x04
 
 IP_HDR = struct.Struct(">BBHHHBBH4s4s")
 VRRP_HDR = struct.Struct(">BBBBHH")
-TRAILER = struct.Struct(">4sBBBBQQH")
+TRAILER = struct.Struct(">4sBBBBQQHQQ")
 IP_HDR_LEN = IP_HDR.size
 VRRP_HDR_LEN = VRRP_HDR.size
 MAX_DATAGRAM = 1500     # one Ethernet MTU: heartbeats are never fragmented
@@ -55,6 +59,7 @@ IP_TOS_NETCONTROL = 0xC0
 IP_FLAG_DF = 0x4000
 ADV_CS_MAX = 0x0FFF
 _TEMPLATE_CACHE_MAX = 1024
+STAMP_US_MAX = STAMP_MAX * 1_000_000    # the decoder rejects larger stamps: they could not be echoed
 
 
 def inet_checksum(data: bytes | bytearray) -> bytes:
@@ -84,6 +89,17 @@ def _pack_name(name: str) -> bytes:
     if not 0 < len(raw) <= NAME_MAX:
         raise ValueError(f"name {name!r} must be 1..{NAME_MAX} bytes of UTF-8")
     return bytes((len(raw),)) + raw
+
+
+def _stamp_us(stamp: float) -> int:
+    """Whole microseconds, rounded down, so a decoded stamp is never later than the sent
+    one (the core's echo arithmetic stays on the safe side) and re-encodes to itself."""
+    if not 0.0 <= stamp < STAMP_MAX:     # also refuses NaN
+        raise ValueError(f"stamp {stamp!r} outside 0..{STAMP_MAX} s")
+    us = int(stamp * 1_000_000)          # the product may round across an integer: fix up
+    if us / 1_000_000 > stamp:
+        return us - 1
+    return us + 1 if (us + 1) / 1_000_000 <= stamp else us
 
 
 def _vrrp_template(vrid: int, interval_ms: int, egress_ip: str | None) -> bytes:
@@ -120,11 +136,13 @@ class Encoder:
         self._static: dict[tuple, tuple[bytes, bytes]] = {}
 
     def _static_parts(self, a: Advert) -> tuple[bytes, bytes]:
-        key = (a.vrid, a.interval_ms, a.egress_ip, a.node, a.gateway, a.heard)
+        # echo_node changes only when the sender's view of the active does: cache it too
+        key = (a.vrid, a.interval_ms, a.egress_ip, a.node, a.gateway, a.echo_node, a.heard)
         parts = self._static.get(key)
         if parts is None:
             _validate(a)
-            names = _pack_name(a.node) + _pack_name(a.gateway) + b"".join(
+            echo = b"\0" if a.echo_node is None else _pack_name(a.echo_node)
+            names = _pack_name(a.node) + _pack_name(a.gateway) + echo + b"".join(
                 _pack_name(n) for n in a.heard)
             parts = (_vrrp_template(a.vrid, a.interval_ms, a.egress_ip), names)
             if len(self._static) >= _TEMPLATE_CACHE_MAX:
@@ -137,6 +155,7 @@ class Encoder:
         head, names = self._static_parts(advert)
         if not 0 <= advert.priority <= 255 or not 0 <= advert.epoch < 1 << 64:
             _validate(advert)
+        stamp, echo_stamp = _stamp_us(advert.stamp), _stamp_us(advert.echo_stamp)
         seq = self.seq
         self.seq = (seq + 1) & 0xFFFFFFFFFFFFFFFF
         flags = ((FLAG_ACTIVE if advert.role is Role.ACTIVE else 0)
@@ -146,7 +165,7 @@ class Encoder:
         body = bytearray(head)
         body[2] = advert.priority
         body += TRAILER.pack(MAGIC, TRAILER_VERSION, flags, auth, len(advert.heard),
-                             seq, advert.epoch, advert.interval_ms)
+                             seq, advert.epoch, advert.interval_ms, stamp, echo_stamp)
         body += names
         if self.signing_key:
             body += hmac.digest(self.signing_key, body, "sha256")
@@ -167,11 +186,14 @@ class _Bad(Exception):
         self.reason = reason
 
 
-def _name(buf: bytes, off: int, end: int) -> tuple[str, int]:
+def _name(buf: bytes, off: int, end: int, optional: bool = False) -> tuple[str | None, int]:
+    """A length-prefixed UTF-8 name; length 0 is None where ``optional``, else malformed."""
     if off >= end:
         raise _Bad(Reject.TRUNCATED)
     n = buf[off]
     off += 1
+    if n == 0 and optional:
+        return None, off
     if n == 0 or off + n > end:
         raise _Bad(Reject.MALFORMED if n == 0 else Reject.TRUNCATED)
     try:
@@ -228,18 +250,20 @@ def _decode(buf: bytes) -> tuple[Frame, bytes | None, bytes]:
         raise _Bad(Reject.FOREIGN)
     if len(body) < off + TRAILER.size:
         raise _Bad(Reject.TRUNCATED)
-    _m, tver, flags, auth, nheard, seq, epoch, interval_ms = TRAILER.unpack_from(body, off)
+    (_m, tver, flags, auth, nheard, seq, epoch, interval_ms, stamp_us,
+     echo_us) = TRAILER.unpack_from(body, off)
     if tver != TRAILER_VERSION:
         raise _Bad(Reject.VERSION)
     if auth not in (AUTH_NONE, AUTH_HMAC_SHA256):
         raise _Bad(Reject.AUTH)
-    if nheard > HEARD_MAX or interval_ms == 0:
+    if nheard > HEARD_MAX or interval_ms == 0 or max(stamp_us, echo_us) >= STAMP_US_MAX:
         raise _Bad(Reject.MALFORMED)
     end = len(body) - (HMAC_LEN if auth == AUTH_HMAC_SHA256 else 0)
     if end < off + TRAILER.size:
         raise _Bad(Reject.TRUNCATED)
     node, pos = _name(body, off + TRAILER.size, end)
     gateway, pos = _name(body, pos, end)
+    echo_node, pos = _name(body, pos, end, optional=True)
     heard = []
     for _ in range(nheard):
         peer, pos = _name(body, pos, end)
@@ -250,7 +274,9 @@ def _decode(buf: bytes) -> tuple[Frame, bytes | None, bytes]:
                     role=Role.ACTIVE if flags & FLAG_ACTIVE else Role.STANDBY,
                     epoch=epoch, priority=prio, interval_ms=interval_ms, egress_ip=egress,
                     healthy=bool(flags & FLAG_HEALTHY),
-                    etcd_reachable=bool(flags & FLAG_ETCD), heard=tuple(heard))
+                    etcd_reachable=bool(flags & FLAG_ETCD), heard=tuple(heard),
+                    stamp=stamp_us / 1_000_000, echo_node=echo_node,
+                    echo_stamp=echo_us / 1_000_000)
     frame = Frame(advert=advert, seq=seq, src=socket.inet_ntoa(s), dst=socket.inet_ntoa(d),
                   authenticated=auth == AUTH_HMAC_SHA256)
     if auth == AUTH_NONE:

@@ -15,6 +15,7 @@ VRRP_TTL = 255
 
 NAME_MAX = 253          # a Kubernetes-style object name, in UTF-8 bytes
 HEARD_MAX = 32          # peers listed per advert; more would not fit one MTU
+STAMP_MAX = 2**33        # seconds (~272 years): below it every whole µs is a distinct float
 
 
 class Role(enum.IntEnum):
@@ -48,6 +49,16 @@ class Advert:
     believes in (0: none). ``heard`` lists the peers of this gateway the sender
     currently hears, which the election core uses to tell the isolated side.
     ``priority`` is the VRRP priority byte (0 means "releasing", as in VRRP).
+
+    ``stamp`` is the sender's monotonic clock at sending (seconds). The sender
+    echoes, as ``echo_stamp``, the latest ``stamp`` it received from
+    ``echo_node`` (the node it considers active; None and 0.0 when none), which
+    tells that node, in its own clock, since when this sender has heard it.
+    Stamps travel as whole microseconds, rounded down.
+
+    The agent maps the election core's ``Advert`` onto this one: ``eligible``
+    is ``healthy``, ``etcd_ok`` is ``etcd_reachable``, role "active"/"standby"
+    is :class:`Role`; ``vrid``, ``interval_ms`` and ``egress_ip`` are wire-only.
     """
 
     node: str
@@ -61,6 +72,9 @@ class Advert:
     healthy: bool
     etcd_reachable: bool
     heard: tuple[str, ...] = ()
+    stamp: float = 0.0
+    echo_node: str | None = None
+    echo_stamp: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
