@@ -150,7 +150,8 @@ def test_deadman_frozen_holder_stops_snat_and_arp(world, tmp_path: Path):
         late = [r for r in world.records() if r.seq >= 100000]
         assert late and max(r.arrival for r in late) - frozen_at > -0.05, "sender never got through"
         last = max(r.arrival for r in late) - frozen_at
-        assert last <= timers.deadman_timeout + 0.01, \
+        # arrival is stamped by the echo process when it reads the socket: allow its latency
+        assert last <= timers.deadman_timeout + 0.03, \
             f"SNAT went on {last * 1000:.0f} ms after the freeze"
         assert counter(world["ga"], "g-egw-fenced") > 0
         print(f"dead-man: last SNATed datagram {last * 1000:.1f} ms after SIGSTOP "
