@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from vipmgr.config.timers import Timers
 from vipmgr.core.messages import (
     OK, REFUSED, ROLE_ACTIVE, ROLE_STANDBY, UNREACHABLE, Acquire, Action, Advert, Answer,
-    ChallengeInfo, Confirm, Cordoned, Depose, DropChallenge, EtcdResult, EtcdView, Event,
+    Confirm, Cordoned, Depose, DropChallenge, EtcdResult, EtcdView, Event,
     GrantLease, HealthChanged, Heartbeat, KeepAlive, Note, PostChallenge, Program, Release,
     RevokeLease, RoleChanged, SendAdvert, Shutdown, Start, SwitchoverRequested, Tick, Vacate,
     Watch, WatchUpdate, Withdraw,
@@ -282,7 +282,7 @@ class Election:
         self._timers["keepalive"] = self._now + self.cfg.timers.lease_ttl / 3
 
     def _on_tick(self, _: Tick) -> None:
-        pass
+        """Only time passed: _fire_due does the work."""
 
     def _on_heartbeat(self, ev: Heartbeat) -> None:
         adv = ev.advert
@@ -804,4 +804,4 @@ _TIMER_HANDLERS = {
 }
 
 __all__ = ["Election", "ElectionConfig", "Role", "Cause", "TRANSITIONS", "VRRP_TRANSITIONS",
-           "IllegalTransition", "ChallengeInfo"]
+           "IllegalTransition"]
