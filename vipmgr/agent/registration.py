@@ -78,10 +78,3 @@ async def register_node(store: ResourceStore, config: AgentConfig,
         return "registered"
 
     return (await store.update(info, config.node, mutate)).result
-
-
-def interface_holding(interfaces: dict[str, ipaddress.IPv4Interface], ip: str) -> str | None:
-    """The interface whose subnet contains ``ip`` (where a VIP without interfaceName goes)."""
-    target = ipaddress.IPv4Address(ip)
-    return next((name for name, iface in sorted(interfaces.items()) if target in iface.network),
-                None)

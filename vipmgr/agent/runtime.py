@@ -223,7 +223,10 @@ class Agent:
 
     async def _resync_now(self) -> None:
         objects = await self.store.list_all()
+        previous = self.snapshot.gateways
         self.snapshot = Snapshot.of(0, objects)
+        for name in previous.keys() - self.snapshot.gateways.keys():
+            self.metrics.gateway_deleted(name)
         for gw in self.snapshot.gateways.values():
             self.metrics.gateway_exists(gw.name, gw.source_ip.mode)
         await self._reconcile_membership()
@@ -453,6 +456,7 @@ class Agent:
             ready_reason="; ".join(self.monitor.failing_reasons()),
             datapath_ready=not dp_problems, datapath_reason="; ".join(dp_problems),
             updated=time.time(), agent_version=_version())
+        self.metrics.probes_updated(self.monitor.statuses())
         self.metrics.node_eligibility(evaluate_eligibility(
             health_ready=self.monitor.ready, health_reasons=self.monitor.failing_reasons(),
             cordoned=self._last_cordoned(), datapath_ready=not dp_problems,
