@@ -27,11 +27,13 @@ class EtcdServer:
     peer_port: int = 0
     prefix_argv: Sequence[str] = ()
     data_dir: str = ""
+    scheme: str = "http"               # "https" with TLS flags in extra_args
+    extra_args: Sequence[str] = ()
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     def start(self, timeout: float = 15.0) -> "EtcdServer":
         if shutil.which("etcd") is None:
@@ -48,7 +50,7 @@ class EtcdServer:
                 "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"vipmgr-test={peer}",
-                "--log-level", "error", "--logger", "zap"]
+                "--log-level", "error", "--logger", "zap", *self.extra_args]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      start_new_session=True)
         self._wait_ready(timeout)
