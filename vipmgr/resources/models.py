@@ -58,6 +58,24 @@ def _mapping(data: Any, path: str, problems: Problems, what: str) -> Mapping[str
     return data
 
 
+def _checked_list(raw: Any, path: str, check: Callable[[object], str | None],
+                  problems: Problems, required: str) -> list[str]:
+    """A required, non-empty list whose items pass ``check``, each listed once."""
+    out: list[str] = []
+    if not isinstance(raw, list) or not raw:
+        problems.add(path, required)
+        return out
+    for i, item in enumerate(raw):
+        why = check(item)
+        if why:
+            problems.add(f"{path}[{i}]", why)
+        elif item in out:
+            problems.add(f"{path}[{i}]", f"{item} is listed twice; remove one")
+        else:
+            out.append(item)
+    return out
+
+
 @dataclass(frozen=True)
 class ObjectMeta:
     name: str
@@ -280,20 +298,10 @@ class EgressGatewayPolicy(Resource):
     def parse_spec(cls, meta, spec, manifest, problems):
         _unknown_fields(spec, ("destinationCIDRs", "egressGatewayName", "selectors"), "spec",
                         problems)
-        cidrs = spec.get("destinationCIDRs")
-        out_cidrs: list[str] = []
-        if not isinstance(cidrs, list) or not cidrs:
-            problems.add("spec.destinationCIDRs", "is required: a non-empty list of IPv4 CIDRs, "
-                         "e.g. [203.0.113.0/24] (0.0.0.0/0 for everything)")
-        else:
-            for i, cidr in enumerate(cidrs):
-                why = ipv4_cidr_problem(cidr)
-                if why:
-                    problems.add(f"spec.destinationCIDRs[{i}]", why)
-                elif cidr in out_cidrs:
-                    problems.add(f"spec.destinationCIDRs[{i}]", f"{cidr} is listed twice; remove one")
-                else:
-                    out_cidrs.append(cidr)
+        out_cidrs = _checked_list(spec.get("destinationCIDRs"), "spec.destinationCIDRs",
+                                  ipv4_cidr_problem, problems,
+                                  "is required: a non-empty list of IPv4 CIDRs, e.g. "
+                                  "[203.0.113.0/24] (0.0.0.0/0 for everything)")
         gw = spec.get("egressGatewayName")
         why = dns1123_subdomain_problem(gw)
         if why:
@@ -382,17 +390,8 @@ class VirtualMachine(Resource):
         why = dns1123_subdomain_problem(node)
         if why:
             problems.add("spec.nodeName", why)
-        raw = spec.get("addresses")
-        addresses: list[str] = []
-        if not isinstance(raw, list) or not raw:
-            problems.add("spec.addresses", "is required: the VM's IPv4 addresses, e.g. [198.18.1.2]")
-        else:
-            for i, addr in enumerate(raw):
-                why = unicast_ipv4_problem(addr)
-                if why:
-                    problems.add(f"spec.addresses[{i}]", why)
-                else:
-                    addresses.append(addr)
+        addresses = _checked_list(spec.get("addresses"), "spec.addresses", unicast_ipv4_problem,
+                                  problems, "is required: the VM's IPv4 addresses, e.g. [198.18.1.2]")
         return cls(meta, manifest, node or "", tuple(addresses))
 
 
