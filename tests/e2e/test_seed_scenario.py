@@ -14,7 +14,6 @@ dual-answer figures (test_failover_bench.py); ``lab up``/``down`` ten times
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from pathlib import Path
 
@@ -55,13 +54,7 @@ def vipmgr(lab, *args: str, check: bool = True):
     return out
 
 
-def status(lab, gateway: str = "egress-gw") -> dict:
-    out = vipmgr(lab, "status", "-o", "json", gateway, check=False)
-    try:
-        gateways = json.loads(out.stdout)["gateways"]
-    except (json.JSONDecodeError, KeyError):
-        return {}
-    return gateways[0] if gateways else {}
+status = Vipmgr.status
 
 
 def active(lab, gateway: str = "egress-gw") -> str | None:

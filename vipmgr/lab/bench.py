@@ -186,9 +186,10 @@ class Vipmgr(Impl):
                                f"{out.stdout.strip() or out.stderr.strip()}\n{logs}")
             time.sleep(0.2)
 
-    def status(self, lab: Lab) -> dict:
+    @staticmethod
+    def status(lab: Lab, gateway: str = GATEWAY_NAME) -> dict:
         """The gateway's entry of ``vipmgr status -o json`` ({} when etcd does not answer)."""
-        out = lab.exec("etcd", ["vipmgr", "status", "-o", "json", GATEWAY_NAME], timeout=10)
+        out = lab.exec("etcd", ["vipmgr", "status", "-o", "json", gateway], timeout=10)
         try:
             gateways = json.loads(out.stdout)["gateways"]
         except (json.JSONDecodeError, KeyError):
