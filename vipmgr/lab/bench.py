@@ -21,10 +21,11 @@ static nft SNAT to the VIP on every gateway.
 from __future__ import annotations
 
 import json
-from abc import ABC, abstractmethod
+import shutil
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -79,6 +80,10 @@ class Impl(ABC):
     name = ""
 
     @abstractmethod
+    def preflight(self) -> None:
+        """Raise LabError, before any lab is deployed, if this host cannot run it."""
+
+    @abstractmethod
     def start(self, lab: Lab, say: Say) -> None:
         """Configure and start it on the lab's nodes."""
 
@@ -127,6 +132,10 @@ vrrp_instance egress {{
     SNAT = ("table ip bench_egress {{\n chain post {{\n  type nat hook postrouting priority srcnat;\n"
             "  ip saddr {src} oifname eth1 snat to {vip}\n }}\n}}\n")
 
+    def preflight(self) -> None:
+        if shutil.which("keepalived") is None:
+            raise LabError("keepalived is not installed (Debian package keepalived)")
+
     def start(self, lab: Lab, say: Say) -> None:
         say(f"keepalived on {', '.join(GATEWAYS)}: VRRPv3 advert_int {ADVERT_INTERVAL:g} s, "
             f"VIPs {VIP} (eth1) and {INTERNAL_VIP} (eth0), static SNAT")
@@ -161,10 +170,12 @@ class Vipmgr(Impl):
     name = "vipmgr"
     MANIFESTS = ("lab-inventory.yaml", "egressgateway-virtual-ip.yaml", "egressgatewaypolicy.yaml")
 
-    def start(self, lab: Lab, say: Say) -> None:
+    def preflight(self) -> None:
         ok, why = agent_available()
         if not ok:
             raise LabError(f"'vipmgr agent' is not available in this installation ({why})")
+
+    def start(self, lab: Lab, say: Say) -> None:
         manifests = Path(lab.state.topology).parent / "manifests"
         files = [str(manifests / m) for m in self.MANIFESTS]
         say(f"vipmgr apply {' '.join(self.MANIFESTS)}")
@@ -336,6 +347,7 @@ def run_failover(impl_name: str, fault: str, trials: int, *, rate: float = 1000.
     impl = IMPLS[impl_name]()
     if trials < 1:
         raise LabError("need at least one trial")
+    impl.preflight()
     topo = load(topology or default_topology_path()).renamed(name or f"bench-{impl_name}")
     say(f"lab {topo.name} up")
     lab = deploy(topo)
