@@ -16,5 +16,6 @@ dp = Dataplane()
 dp.reconcile(plan, arm=True)
 print("ready", flush=True)
 while True:
-    dp.refresh()
+    for gw in plan.active:
+        dp.refresh(gw.name, dp.deadman_timeout)
     time.sleep(period)

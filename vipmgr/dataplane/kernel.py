@@ -10,7 +10,9 @@ it is started inside its node's namespace).
 nftables goes through libnftables (``libnftables.so.1``, the library the
 ``nft`` binary is built on) via ctypes: one batch is one in-process call and
 one netlink transaction (~50 µs for the dead-man refresh) instead of a
-fork+exec per change.
+fork+exec per change. Separate contexts on separate threads are independent
+(the kernel serialises their transactions), which is how the dead-man refresh
+runs next to a long reconcile.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 
 class KernelError(RuntimeError):
     """A kernel operation failed; the message says which and why."""
+
+
+class NftMissing(KernelError):
+    """An nft batch referred to a table, set or element the kernel does not hold (ENOENT)."""
 
 
 def _enter_netns(name: str) -> None:
@@ -115,7 +121,8 @@ class Nft:
         out = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode()
         err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode()
         if rc != 0:
-            raise KernelError(f"nft batch failed: {err.strip()}")
+            kind = NftMissing if "No such file or directory" in err else KernelError
+            raise kind(f"nft batch failed: {err.strip()}")
         return out
 
     def list_json(self, what: str) -> list[dict[str, Any]]:

@@ -242,14 +242,27 @@ def _add_elements(b: Batch, fam: str, name: str, elems: list[str]) -> None:
         b.lines.append(f"add element {fam} {L.TABLE} {name} {{ {', '.join(elems)} }}")
 
 
-def arm_batch(plan: NodePlan, timeout: float) -> str:
-    """The dead-man refresh: re-arm every active gateway (and its VIP's ARP) for ``timeout``."""
-    ms = max(1, int(round(timeout * 1000)))
-    lines = []
-    for gw in plan.active:
-        lines.append(f"add element inet {L.TABLE} {L.gateway_armed(gw.name)} "
-                     f"{{ ipv4 timeout {ms}ms expires {ms}ms }}")
-        if gw.active is not None and gw.active.add_address:
+@dataclass(frozen=True)
+class ArmTarget:
+    """One active gateway's dead-man: the elements that keep it serving. A refresh re-adds
+    them guarded by the egress element, i.e. only while the kernel still says this node
+    serves the gateway (vipmgr.dataplane.nftarm)."""
+
+    gateway: str
+    egress_ip: str
+    vip: bool  # VirtualIPAddress mode: the ARP guard for the VIP is armed too
+
+    def arm_lines(self, ms: int) -> list[str]:
+        """Arm for ``ms`` milliseconds (``expires`` also moves an existing element's expiry)."""
+        lines = [f"add element inet {L.TABLE} {L.gateway_armed(self.gateway)} "
+                 f"{{ ipv4 timeout {ms}ms expires {ms}ms }}"]
+        if self.vip:
             lines.append(f"add element arp {L.TABLE} {L.ARP_ARMED} "
-                         f"{{ {gw.active.egress_ip} timeout {ms}ms expires {ms}ms }}")
-    return "\n".join(lines) + "\n" if lines else ""
+                         f"{{ {self.egress_ip} timeout {ms}ms expires {ms}ms }}")
+        return lines
+
+
+def arm_targets(plan: NodePlan) -> dict[str, ArmTarget]:
+    """The gateways ``plan`` serves here, as dead-man targets."""
+    return {gw.name: ArmTarget(gw.name, gw.active.egress_ip, gw.active.add_address)
+            for gw in plan.active if gw.active is not None}

@@ -33,13 +33,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import socket
+import time
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from pyroute2 import Conntrack, IPRoute
 
 from vipmgr.config.timers import Timers
 from vipmgr.dataplane import conntrack, garp, layout as L, nftstate
-from vipmgr.dataplane.kernel import KernelError, NetnsThread, Nft
+from vipmgr.dataplane.kernel import KernelError, NetnsThread, Nft, NftMissing
+from vipmgr.dataplane.nftarm import ArmSocket
 from vipmgr.dataplane.plan import NodePlan
 
 RouteKey = tuple[int, str]  # (table, dst cidr)
@@ -62,6 +65,7 @@ class Report:
     """What one reconcile changed; empty (falsy) when the kernel already matched."""
 
     changes: list[str] = field(default_factory=list)
+    armed: dict[str, int] = field(default_factory=dict)  # gateway -> ms its dead-man was set to
     conntrack_deleted: dict[str, int] = field(default_factory=dict)
     steer_flush: "concurrent.futures.Future[dict[str, int]] | None" = field(default=None,
                                                                              repr=False)
@@ -108,12 +112,18 @@ class Dataplane:
         self.deadman_timeout = deadman_timeout
         self._thread = NetnsThread(netns)
         self._background = NetnsThread(netns, "vipmgr-dp-bg")
+        # the dead-man refresh has its own thread and nft context: it never queues behind
+        # a reconcile (only behind the kernel's commit of another transaction)
+        self._arming = NetnsThread(netns, "vipmgr-dp-arm")
         self._nft: Nft = self._thread.call(Nft)
+        self._arm_sock: ArmSocket = self._arming.call(ArmSocket)
         self._ipr: IPRoute = self._thread.call(IPRoute)
         self._ct: Conntrack = self._thread.call(Conntrack)
         self._known: KernelState | None = None
         self._plan = NodePlan("")
-        self._arm_text = ""
+        # gateway -> its dead-man target; replaced (never mutated) by reconcile BEFORE its
+        # nft commit, read by refresh without a lock
+        self._targets: dict[str, nftstate.ArmTarget] = {}
 
     # --- reading ------------------------------------------------------------------
 
@@ -148,18 +158,42 @@ class Dataplane:
 
     # --- reconcile ------------------------------------------------------------------
 
-    def reconcile(self, plan: NodePlan, *, arm: bool = False, verify: bool = False) -> Report:
-        """Apply ``plan``; ``arm`` also arms the dead-man for its active gateways (the take).
+    def reconcile(self, plan: NodePlan, *, arm: Mapping[str, float] | bool | None = None,
+                  verify: bool = False) -> Report:
+        """Apply ``plan`` and wait for it; see ``reconcile_nowait``."""
+        return self.reconcile_nowait(plan, arm=arm, verify=verify).result()
 
+    def reconcile_nowait(self, plan: NodePlan, *, arm: Mapping[str, float] | bool | None = None,
+                         verify: bool = False) -> "concurrent.futures.Future[Report]":
+        """Apply ``plan`` on the kernel thread; the future's result is the Report.
+
+        ``arm`` maps gateways to seconds until their dead-man expires (the take): they are
+        armed in the same nft transaction that installs them, for the time left when that
+        transaction is built (rounded down to ms, capped at ``deadman_timeout``; a gateway
+        whose time ran out, or that ``plan`` does not serve here, is not armed:
+        ``Report.armed`` says which were). The seconds count from this call, so call it
+        on the thread that read the clock. ``arm=True`` arms every gateway the plan
+        serves for ``deadman_timeout``. ``verify`` re-reads the kernel first.
         A failure leaves the cache invalid, so the next call re-reads the kernel.
         """
+        if arm is True:
+            arm = {gw.name: self.deadman_timeout for gw in plan.active}
+        deadlines = self._deadlines(arm or {})
+        return self._thread.submit(self._reconcile_or_forget, plan, deadlines, verify)
+
+    def _deadlines(self, expires_in: Mapping[str, float]) -> dict[str, float]:
+        now = time.monotonic()
+        return {gw: now + min(secs, self.deadman_timeout) for gw, secs in expires_in.items()}
+
+    def _reconcile_or_forget(self, plan: NodePlan, deadlines: dict[str, float],
+                             verify: bool) -> Report:
         try:
-            return self._thread.call(self._reconcile, plan, arm, verify)
+            return self._reconcile(plan, deadlines, verify)
         except BaseException:
             self._known = None
             raise
 
-    def _reconcile(self, plan: NodePlan, arm: bool, verify: bool) -> Report:
+    def _reconcile(self, plan: NodePlan, deadlines: dict[str, float], verify: bool) -> Report:
         have = self._known if (self._known is not None and not verify) else self._read()
         self._known = None
         report = Report()
@@ -184,12 +218,15 @@ class Dataplane:
             report.changes.append(f"address: add {ip}/32 dev {ifname}")
 
         batch = nftstate.diff(have.nft, want_nft)
-        arm_text = nftstate.arm_batch(plan, self.deadman_timeout)
-        text = batch.text if batch.lines else ""
-        if arm:
-            text += arm_text
-        if text:
-            self._nft.run(text)
+        targets = self._publish_targets(plan)
+        lines = list(batch.lines)
+        for gw, deadline in sorted(deadlines.items()):
+            ms = _ms_left(deadline)
+            if gw in targets and ms > 0:
+                lines += targets[gw].arm_lines(ms)
+                report.armed[gw] = ms
+        if lines:
+            self._nft.run("\n".join(lines) + "\n")
         report.changes += batch.changes
 
         report.conntrack_deleted = conntrack.delete_matching(self._ct, flushes)
@@ -204,7 +241,7 @@ class Dataplane:
             self._route("del", key, have.routes[key])
             report.changes.append(f"route: del {key[1]} table {key[0]}")
 
-        self._plan, self._arm_text = plan, arm_text
+        self._plan = plan
         self._known = KernelState(_as_observed(have.nft, want_nft), want_addrs, want_routes,
                                   want_rules)
         for gw in plan.active:
@@ -244,13 +281,59 @@ class Dataplane:
 
     # --- dead-man, GARP ---------------------------------------------------------------
 
-    def refresh(self) -> None:
-        """Re-arm the dead-man for every gateway active in the last plan (one nft batch).
+    def _publish_targets(self, plan: NodePlan) -> dict[str, nftstate.ArmTarget]:
+        """Make ``plan``'s dead-man targets the ones refresh may arm, before the commit.
 
-        Call it once per advert interval while, and only while, authority is confirmed.
+        An unchanged gateway keeps its target object; a withdrawn one loses it and a
+        (re)taken one gets a new one, so a refresh submitted before the change finds its
+        target gone (``_rearm``). Publishing before the commit is the safe order: a
+        refresh of a gateway being taken fails on the kernel guard until the take is
+        committed, and one of a gateway being withdrawn is refused here already.
         """
-        if self._arm_text:
-            self._thread.call(self._nft.run, self._arm_text)
+        old = self._targets
+        new = nftstate.arm_targets(plan)
+        targets = {gw: old[gw] if old.get(gw) == t else t for gw, t in new.items()}
+        self._targets = targets
+        return targets
+
+    def refresh(self, gateway: str, expires_in: float) -> bool:
+        """Re-arm ``gateway``'s dead-man and wait; see ``refresh_nowait``."""
+        return self.refresh_nowait(gateway, expires_in).result()
+
+    def refresh_nowait(self, gateway: str, expires_in: float) -> "concurrent.futures.Future[bool]":
+        """Re-arm ``gateway``'s dead-man to expire ``expires_in`` seconds from now (capped
+        at ``deadman_timeout``, rounded down to ms); returns at once (a few µs), the
+        transaction runs on the arming thread, never behind a reconcile.
+
+        The future says True when armed; False when not: the gateway is not served here
+        (no reconcile armed it, or one is withdrawing it: the kernel guard refused), or the
+        time had run out. It raises KernelError for any other failure. Call it every
+        advert interval while, and only while, authority for ``gateway`` is confirmed.
+        """
+        target = self._targets.get(gateway)
+        if target is None:
+            done: concurrent.futures.Future[bool] = concurrent.futures.Future()
+            done.set_result(False)
+            return done
+        deadline = time.monotonic() + min(expires_in, self.deadman_timeout)
+        return self._arming.submit(self._rearm, target, deadline)
+
+    def _rearm(self, target: nftstate.ArmTarget, deadline: float) -> bool:
+        if self._targets.get(target.gateway) is not target:
+            return False  # withdrawn (and maybe re-taken, with its own expiry) since the call
+        started = time.monotonic()
+        ms = _ms_left(deadline)
+        if ms <= 0:
+            return False
+        try:
+            self._arm_sock.refresh(target, ms)
+            if time.monotonic() - started >= 0.001:
+                # the kernel counts the timeout from the commit; this one may have waited
+                # behind another transaction: set it again so it still expires by the deadline
+                self._arm_sock.refresh(target, max(1, _ms_left(deadline)))
+        except NftMissing:
+            return False  # a concurrent reconcile withdrew it (the guard element is gone)
+        return True
 
     def announce(self, gateway: str | None = None
                  ) -> list["concurrent.futures.Future[garp.Announcement]"]:
@@ -291,7 +374,9 @@ class Dataplane:
         self._thread.call(self._ipr.close)
         self._thread.call(self._ct.close)
         self._thread.call(self._nft.close)
+        self._arming.call(self._arm_sock.close)
         self._thread.close()
+        self._arming.close()
         self._background.close()
 
     def __enter__(self) -> "Dataplane":
@@ -339,6 +424,11 @@ def _as_observed(before: nftstate.ObservedNft, want: nftstate.NftState) -> nftst
         tables=set(want.tables), sets=dict(want.sets), elements=dict(want.elements),
         counters={k: before.counters.get(k, (0, 0)) for k in want.counters},
         chains={k: want.fingerprints(k) for k in want.chains})
+
+
+def _ms_left(deadline: float) -> int:
+    """Whole milliseconds until ``deadline`` (monotonic clock), rounded down."""
+    return int((deadline - time.monotonic()) * 1000)
 
 
 def _route_text(key: RouteKey, val: RouteVal) -> str:
