@@ -57,7 +57,7 @@ def test_isolated_holder_of_three_yields():
     w0, _ = world([Episode("leader_change", 0.5, 0.0)])
     holder = active_now(w0)[0]
     idx = int(holder[1:]) - 1
-    w, out = world([Episode("hb_isolate", 0.8, 1.0, node=idx)])
+    w, out = world([Episode("hb_isolate", 0.8, 2.0, node=idx)])  # past one backoff
     assert out.violations == []
     (new,) = active_now(w)
     assert new != holder

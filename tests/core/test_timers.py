@@ -37,9 +37,11 @@ def test_unknown_and_malformed_keys_are_all_reported():
 
 @pytest.mark.parametrize("change,field", [
     ({"fenceDeadline": "150ms"}, "fenceDeadline"),          # could outlive a takeover
-    ({"deadmanTimeout": "200ms"}, "deadmanTimeout"),        # frozen kernel outlives takeover
+    ({"deadmanTimeout": "250ms"}, "deadmanTimeout"),        # frozen kernel outlives takeover
     ({"suspectAfter": 1}, "suspectAfter"),
-    ({"etcdTimeout": "100ms"}, "etcdTimeout"),
+    ({"etcdTimeout": "150ms"}, "etcdTimeout"),
+    ({"confirmLead": "40ms"}, "confirmLead"),               # fences while etcd answers in time
+    ({"confirmLead": "110ms"}, "confirmLead"),              # one confirm per advert or more
     ({"standbyAdvertInterval": "10ms"}, "standbyAdvertInterval"),
     ({"maxClockDrift": 0.3}, "maxClockDrift"),
 ])

@@ -27,9 +27,10 @@ class Timers:
 
     advert_interval: float = 0.020
     standby_advert_interval: float = 0.050
-    suspect_after: int = 3  # missed active adverts before "suspect"
-    challenge_window: float = 0.100
-    fence_deadline: float = 0.060
+    suspect_after: int = 4  # missed active adverts before "suspect"
+    challenge_window: float = 0.130
+    fence_deadline: float = 0.120
+    confirm_lead: float = 0.080  # confirm through etcd this long before evidence runs out
     deadman_timeout: float = 0.100
     lease_ttl: int = 2  # whole seconds, etcd's granularity; the slow backstop only
     etcd_timeout: float = 0.050  # one etcd request; past it the node counts as cut off
@@ -136,9 +137,14 @@ class Timers:
         if self.etcd_timeout >= w:
             out.append((p("etcd_timeout"), "must be shorter than challengeWindow, or an "
                                             "answer cannot arrive in time"))
-        if self.fence_deadline <= self.etcd_timeout:
-            out.append((p("fence_deadline"), "must be longer than etcdTimeout, or the active "
-                                             "fences itself while a confirmation is in flight"))
+        if self.confirm_lead <= self.etcd_timeout:
+            out.append((p("confirm_lead"), f"must be longer than etcdTimeout "
+                        f"({format_duration(self.etcd_timeout)}), or the active fences itself "
+                        "while a confirmation etcd answers in time is still in flight"))
+        if self.fence_deadline - self.confirm_lead < self.advert_interval:
+            out.append((p("confirm_lead"), f"must be at most fenceDeadline - advertInterval "
+                        f"({format_duration(self.fence_deadline - self.advert_interval)}): "
+                        "an active living on etcd confirms one per advert at most"))
         if self.lease_ttl * 1.0 < 2 * (s + w):
             out.append((p("lease_ttl"), "must be at least twice suspect time + challengeWindow: "
                                         "lease expiry is the slow backstop"))

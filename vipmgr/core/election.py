@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from vipmgr.config.timers import Timers
 from vipmgr.core.messages import (
     OK, REFUSED, ROLE_ACTIVE, ROLE_STANDBY, UNREACHABLE, Acquire, Action, Advert, Answer,
     Confirm, Cordoned, Depose, DropChallenge, EtcdResult, EtcdView, Event,
-    GrantLease, HealthChanged, Heartbeat, KeepAlive, Note, PostChallenge, Program, Release,
+    GrantLease, HealthChanged, Heartbeat, KeepAlive, MembersChanged, Note, PostChallenge,
+    Program, Release,
     RevokeLease, RoleChanged, SendAdvert, Shutdown, Start, SwitchoverRequested, Tick, Vacate,
     Watch, WatchUpdate, Withdraw,
 )
@@ -156,11 +157,15 @@ class Election:
         self._W = t.challenge_window
         self._F = t.fence_deadline
         self._D = t.deadman_timeout
-        self._confirm_lead = t.fence_deadline / 2
+        self._confirm_lead = t.confirm_lead
         self._challenge_backoff = 5 * (self._S + self._W)
         # We always have a timer within standbyAdvertInterval; a longer silence is a pause.
         self._pause_gap = 2 * t.standby_advert_interval + t.advert_interval
         self._others = tuple(m for m in config.members if m != config.node)
+        # Removed members whose echo we still require until the given instant (our clock).
+        self._leaving: dict[str, float] = {}
+        # Evidence earned before a member was added (it has not echoed yet): serve until.
+        self._carried = NEVER
         self.role = Role.STANDBY
         self.epoch = 0
         self.view = EtcdView(revision=0)
@@ -216,10 +221,12 @@ class Election:
         """Until when (our clock) we may keep the datapath: fenceDeadline past the evidence."""
         if "fence" in self.cfg.unsafe:
             return math.inf
-        best = self._etcd_evidence + self._F
-        if self._others:
+        best = max(self._etcd_evidence + self._F, self._carried)
+        required = self._others + tuple(m for m, until in self._leaving.items()
+                                        if until > self._now)
+        if required:
             peers = self._peers
-            oldest = min((peers[m].echo if m in peers else NEVER) for m in self._others)
+            oldest = min((peers[m].echo if m in peers else NEVER) for m in required)
             best = max(best, oldest + self._S + self._F)
         return best
 
@@ -348,6 +355,36 @@ class Election:
         elif self.role not in (Role.RELEASING, Role.ACQUIRING):
             self._stop()
 
+    def _on_members(self, ev: MembersChanged) -> None:
+        """Live membership/priority change; role, epoch and lease stay.
+
+        Echo evidence needs every member's echo, so the rule must cover the nodes
+        that may take over: a removed member may not know yet and could still
+        challenge, so its echo stays required for ``S + W`` (long enough for it to
+        learn from the store and leave); an added member that has not echoed yet
+        would void the echo evidence at once, so what we had earned is carried
+        (it was just as valid a moment ago) while the etcd confirm it schedules
+        takes over. An etcd confirm sees every challenger, members or not.
+        """
+        me = self.cfg.node
+        if me not in ev.members:
+            raise ValueError(f"{self.cfg.gateway}: members {ev.members} lack this node {me}; "
+                             "a node that is no longer selected leaves with Shutdown")
+        old = set(self._others)
+        members = tuple(dict.fromkeys(ev.members))
+        others = tuple(m for m in members if m != me)
+        if self.role is Role.ACTIVE and set(others) - old:
+            self._carried = max(self._carried, self.validity())
+        now = self._now
+        for gone in old - set(others):
+            self._leaving[gone] = now + self._S + self._W
+        for back in others:
+            self._leaving.pop(back, None)
+        priority = self.cfg.priority if ev.priority is None else ev.priority
+        self.cfg = replace(self.cfg, members=members, priority=priority)
+        self._others = others
+        self._emit(Note("members-changed", f"{','.join(members)} priority {priority}"))
+
     def _on_switchover(self, ev: SwitchoverRequested) -> None:
         if self.role in (Role.ACTIVE, Role.FENCED) and ev.target != self.cfg.node:
             self._release(ev.target or self._best_peer(), "switchover")
@@ -412,6 +449,7 @@ class Election:
         if ev.outcome == OK:
             self.epoch = ev.revision
             self._etcd_evidence = issued  # no challenge of this epoch can predate it
+            self._carried = NEVER
             for peer in self._peers.values():
                 peer.echo = NEVER
             self._goto(Cause.ACQUIRED, f"epoch {self.epoch}")
@@ -429,7 +467,7 @@ class Election:
             return
         if ev.outcome == UNREACHABLE:
             if self.role is Role.FENCED and self.cfg.on_etcd_loss == "vrrp" and self.eligible \
-                    and self._now - self._active_heard_at >= self._S:
+                    and self._silent_for(self._S):
                 self._goto(Cause.VRRP_TAKEOVER, "etcd unreachable, no other active heard")
         elif ev.outcome == REFUSED:
             self._lose("confirm refused")
@@ -437,7 +475,12 @@ class Election:
             if not self._handle_challenges(ev.view):
                 return  # released, or answers in flight: confirm again after them
             self._etcd_evidence = max(self._etcd_evidence, issued)
-            if self.role is not Role.ACTIVE and self._now - self._active_heard_at < self._S:
+            until = min(self.validity(), self._now + self._D)
+            if self.role is Role.ACTIVE and until > self._now:
+                # Extend the kernel's dead-man now, not at the next advert: the old
+                # `until` may fall before that tick (a needless datapath gap).
+                self._emit(Program(until))
+            if self.role is not Role.ACTIVE and not self._silent_for(self._S):
                 return  # another node still serves (VRRP fallback): it yields to etcd first
             if self.role is not Role.ACTIVE and self.eligible:
                 self._goto(Cause.CONFIRMED, "etcd confirmed the authority")
@@ -494,7 +537,7 @@ class Election:
     def _handle_challenges(self, view: EtcdView) -> bool:
         """As holder: answer, yield or hand over. True when nothing is left pending."""
         settled = True
-        isolated = len(self.cfg.members) > 2 and not self._heard_peers()
+        isolated = len(self._others) > 1 and not self._heard_peers()
         for ch in view.challenges:
             if ch.answered or ch.epoch != self.epoch or ch.challenger == self.cfg.node:
                 continue
@@ -546,10 +589,19 @@ class Election:
         self._challenge = None
         self._etcd("drop", DropChallenge)
 
+    def _silent_for(self, span: float) -> bool:
+        """No active heard for ``span``; compared the way the timers add up (heard + span),
+        so a timer set for that instant finds it true when it fires."""
+        return self._now >= self._active_heard_at + span
+
     def _heard_peers(self) -> tuple[str, ...]:
         now, k, t = self._now, self.cfg.timers.suspect_after, self.cfg.timers
         out = []
-        for name, peer in self._peers.items():
+        peers = self._peers
+        for name in self._others:
+            peer = peers.get(name)
+            if peer is None:
+                continue
             interval = t.advert_interval if peer.advert.role == ROLE_ACTIVE \
                 else t.standby_advert_interval
             if now - peer.heard_at < k * interval:
@@ -568,7 +620,8 @@ class Election:
         mine = rank_key(self.cfg.priority, self.cfg.node)
         now, horizon = self._now, self.cfg.timers.suspect_after \
             * self.cfg.timers.standby_advert_interval
-        return sum(1 for p in self._peers.values()
+        peers = self._peers
+        return sum(1 for p in (peers[m] for m in self._others if m in peers)
                    if now - p.heard_at < horizon and p.advert.eligible
                    and p.advert.role != ROLE_ACTIVE
                    and rank_key(p.advert.priority, p.advert.node) < mine)
@@ -596,12 +649,12 @@ class Election:
             return
         if not self.etcd_ok:
             if self.cfg.on_etcd_loss == "vrrp":
-                timers["act"] = self._active_heard_at + self._S + self._W \
+                timers["act"] = self._active_heard_at + (self._S + self._W) \
                     + self._rank() * self.cfg.timers.advert_interval
             return
         adv = self.cfg.timers.advert_interval
         if view.epoch == 0 and (view.vacated or view.term_rev == 0):
-            if self._now - self._active_heard_at < self._S \
+            if not self._silent_for(self._S) \
                     and self._active_node not in (None, view.vacated_by, me):
                 return  # a VRRP fallback active still serves: let it yield first
             if self._free_since is None or self._free_since[0] != view.term_rev:
@@ -614,7 +667,7 @@ class Election:
                     delay += self._S + self._W  # we just handed it over: others first
             timers["act"] = self._free_since[1] + delay
             return
-        if self._now - self._active_heard_at >= self._S:
+        if self._silent_for(self._S):
             timers["act"] = max(self._active_heard_at + self._S, self._backoff_until) \
                 + self._rank() * adv
         elif self.cfg.preempt and self._active_node in self._peers:
@@ -626,7 +679,7 @@ class Election:
                                     self._backoff_until)
                 return
         self._preempt_since = NEVER
-        if self._now - self._active_heard_at < self._S:
+        if not self._silent_for(self._S):
             timers["suspect"] = self._active_heard_at + self._S
 
     def _act(self) -> None:
@@ -636,7 +689,7 @@ class Election:
             return
         if not self.etcd_ok:
             if self.cfg.on_etcd_loss == "vrrp" \
-                    and now - self._active_heard_at >= self._S + self._W:
+                    and self._silent_for(self._S + self._W):
                 self.epoch = 0
                 self._goto(Cause.VRRP_TAKEOVER, "etcd unreachable, no active heard")
             return
@@ -644,7 +697,7 @@ class Election:
             self._goto(Cause.FREE, f"term {view.term_rev} vacated={view.vacated}")
             self._etcd("acquire", Acquire, lease=self.lease, term_rev=view.term_rev)
             return
-        suspect = now - self._active_heard_at >= self._S
+        suspect = self._silent_for(self._S)
         if suspect or self._preempt_since != NEVER:
             preempt = not suspect
             self._challenge = (view.epoch, view.term_rev, preempt)
@@ -717,7 +770,7 @@ class Election:
         if self.role is Role.VRRP_ACTIVE:
             self._emit(Program(now + self._D))
         echo_node, echo_stamp = None, 0.0
-        if self.role is Role.STANDBY and now - self._active_heard_at < self._S:
+        if self.role is Role.STANDBY and not self._silent_for(self._S):
             echo_node, echo_stamp = self._active_node, self._active_stamp
         self._emit(SendAdvert(Advert(
             gateway=self.cfg.gateway, node=self.cfg.node,
@@ -776,6 +829,7 @@ _HANDLERS = {
     Cordoned: Election._on_cordon,
     Shutdown: Election._on_shutdown,
     SwitchoverRequested: Election._on_switchover,
+    MembersChanged: Election._on_members,
 }
 _RESULT_HANDLERS = {
     "stale": Election._result_stale,

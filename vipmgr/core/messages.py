@@ -128,8 +128,21 @@ class SwitchoverRequested:
     target: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class MembersChanged:
+    """The gateway's member set (its nodeSelector's pick) or our own priority changed.
+
+    Applied live: role, epoch and lease stay. ``members`` must include this node
+    (a node that is no longer selected leaves with ``Shutdown``); ``priority``
+    None keeps the current one.
+    """
+
+    members: tuple[str, ...]
+    priority: int | None = None
+
+
 Event = (Start | Tick | Heartbeat | EtcdResult | WatchUpdate | HealthChanged | Cordoned
-         | Shutdown | SwitchoverRequested)
+         | Shutdown | SwitchoverRequested | MembersChanged)
 
 
 # --- actions ----------------------------------------------------------------------

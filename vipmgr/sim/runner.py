@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 
 from vipmgr.config.timers import Timers
-from vipmgr.sim.schedule import make_schedule
+from vipmgr.sim.schedule import Schedule, make_schedule
 from vipmgr.sim.world import Outcome, World, percentile
+
+SOAK_WARMUP = 1.0  # the initial election settles, then the standbys are killed
 
 
 @dataclass
@@ -16,8 +19,11 @@ class Summary:
     violations: int = 0
     failing: list[Outcome] = field(default_factory=list)
     vrrp_dual: int = 0
+    # handover times of schedules without jitter, and (jitter_*) of those with it
     crash_failover: list[float] = field(default_factory=list)
     graceful: list[float] = field(default_factory=list)
+    jitter_crash_failover: list[float] = field(default_factory=list)
+    jitter_graceful: list[float] = field(default_factory=list)
     wall: float = 0.0
 
     def add(self, out: Outcome) -> None:
@@ -26,20 +32,33 @@ class Summary:
         if out.violations:
             self.failing.append(out)
         self.vrrp_dual += out.vrrp_dual
-        self.crash_failover += out.crash_failover
-        self.graceful += out.graceful
+        if out.jitter:
+            self.jitter_crash_failover += out.crash_failover
+            self.jitter_graceful += out.graceful
+        else:
+            self.crash_failover += out.crash_failover
+            self.graceful += out.graceful
 
     def merge(self, other: "Summary") -> None:
         self.schedules += other.schedules
         self.violations += other.violations
         self.failing += other.failing
         self.vrrp_dual += other.vrrp_dual
-        self.crash_failover += other.crash_failover
-        self.graceful += other.graceful
+        for name in ("crash_failover", "graceful", "jitter_crash_failover", "jitter_graceful"):
+            getattr(self, name).extend(getattr(other, name))
 
     @staticmethod
     def pct(values: list[float], q: float) -> str:
         return f"{percentile(values, q) * 1e3:.1f}"
+
+    def details(self) -> str:
+        """The line before the summary: graceful handovers, and everything under jitter."""
+        p = self.pct
+        return (f"graceful_p50_ms={p(self.graceful, 50)} graceful_p99_ms={p(self.graceful, 99)} "
+                f"jitter_failover_p50_ms={p(self.jitter_crash_failover, 50)} "
+                f"jitter_failover_p99_ms={p(self.jitter_crash_failover, 99)} "
+                f"jitter_graceful_p99_ms={p(self.jitter_graceful, 99)} "
+                f"vrrp_double_fault_dual_active={self.vrrp_dual}")
 
     def line(self) -> str:
         rate = self.schedules / self.wall * 60 if self.wall else 0.0
@@ -64,3 +83,45 @@ def run_many(count: int, seed: int = 1, **kw) -> Summary:
         summary.add(run_one(seed + i, **kw))
     summary.wall = time.perf_counter() - started
     return summary
+
+
+@dataclass
+class Soak:
+    """A calm world under jitter only, with some members dead: how often does the
+    active fence itself (each time a real traffic blip) for no reason?"""
+
+    seconds: float
+    gateways: int
+    spurious_fences: int
+    spurious_challenges: int
+    datapath_gaps: int
+
+    @property
+    def active_hours(self) -> float:
+        return (self.seconds - SOAK_WARMUP) / 3600 * self.gateways
+
+    def line(self) -> str:
+        hours = self.active_hours
+        return (f"soak_active_hours={hours:.2f} spurious_fences={self.spurious_fences} "
+                f"per_active_hour={self.spurious_fences / hours:.1f} "
+                f"spurious_challenges={self.spurious_challenges} "
+                f"per_hour={self.spurious_challenges / hours:.1f} "
+                f"datapath_gaps={self.datapath_gaps} per_hour={self.datapath_gaps / hours:.1f}")
+
+
+def soak(seconds: float, seed: int = 1, nodes: int = 3, gateways: int = 1, down: int = 1,
+         timers: Timers | None = None) -> Soak:
+    """Run ``seconds`` of simulated time with scheduling jitter and ``down`` crashed
+    (still labelled) members from SOAK_WARMUP on."""
+    timers = timers or Timers()
+    rng = random.Random(seed)
+    names = [f"n{i + 1}" for i in range(nodes)]
+    schedule = Schedule(seed, names, [f"gw{i + 1}" for i in range(gateways)], "hold",
+                        [rng.uniform(-timers.max_clock_drift / 2, timers.max_clock_drift / 2)
+                         for _ in names], [rng.uniform(0, 1000) for _ in names], [],
+                        seconds, jitter=True)
+    world = World(schedule, timers)
+    world.at(SOAK_WARMUP, world.crash_standbys, down)
+    out = world.run()
+    return Soak(seconds, gateways, out.spurious_fences, out.spurious_challenges,
+                out.datapath_gaps)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 # Faults that may overlap each other; each has a start, a duration and a target.
 FAULTS = ("crash", "freeze", "hb_isolate", "hb_split", "hb_oneway", "etcd_cut", "etcd_outage",
-          "hb_loss", "hb_dup", "hb_delay", "leader_change", "health_flap", "cordon")
+          "hb_loss", "hb_dup", "hb_delay", "leader_change", "health_flap", "cordon",
+          "unlabel", "reprioritize")
 # One calm, measured handover per schedule: crash of the active or a graceful path.
 MEASURED = ("crash_active", "switchover", "shutdown_active", "cordon_active", "health_active")
 HB_FAULTS = frozenset({"hb_isolate", "hb_split", "hb_oneway", "hb_loss", "hb_delay"})
@@ -38,6 +39,9 @@ class Episode:
             "leader_change": "etcd leader change (lease TTLs restart)",
             "health_flap": f"{nodes[self.node]} unhealthy",
             "cordon": f"{nodes[self.node]} cordoned",
+            "unlabel": f"{nodes[self.node]} leaves {gateways[self.gateway]}'s members",
+            "reprioritize": f"{nodes[self.node]}'s priority for {gateways[self.gateway]} "
+                            f"becomes {int(self.amount)}",
             "crash_active": f"crash the active of {gateways[self.gateway]}",
             "switchover": f"switchover of {gateways[self.gateway]}",
             "shutdown_active": f"SIGTERM the active of {gateways[self.gateway]}",
@@ -59,6 +63,7 @@ class Schedule:
     offsets: list[float]   # per-node clock offset
     episodes: list[Episode]
     faults_end: float      # every fault has healed by then
+    jitter: bool = False   # scheduling stalls and slow etcd replies (see world.Jitter)
 
 
 WARMUP = 0.8        # initial election settles
@@ -69,7 +74,7 @@ FAULT_SPAN = 1.5
 
 def make_schedule(seed: int, nodes_range: tuple[int, int] = (2, 5),
                   gateways_range: tuple[int, int] = (1, 4), max_drift: float = 0.01,
-                  vrrp_share: float = 0.2) -> Schedule:
+                  vrrp_share: float = 0.2, jitter_share: float = 0.3) -> Schedule:
     rng = random.Random(seed)
     n = rng.randint(*nodes_range)
     g = rng.randint(*gateways_range)
@@ -92,7 +97,9 @@ def make_schedule(seed: int, nodes_range: tuple[int, int] = (2, 5),
         if kind == "hb_split":
             other = rng.randint(1, n - 1)
         amount = {"hb_loss": rng.uniform(0.1, 0.9), "hb_dup": rng.uniform(0.1, 0.5),
-                  "hb_delay": rng.uniform(0.005, 0.08)}.get(kind, 0.0)
+                  "hb_delay": rng.uniform(0.005, 0.08),
+                  "reprioritize": float(rng.randint(1, 254))}.get(kind, 0.0)
         episodes.append(Episode(kind, start, duration, node, other, rng.randrange(g), amount))
         end = max(end, start + duration)
-    return Schedule(seed, nodes, gateways, policy, drift, offsets, episodes, end)
+    jitter = rng.random() < jitter_share
+    return Schedule(seed, nodes, gateways, policy, drift, offsets, episodes, end, jitter)

@@ -17,8 +17,8 @@ from vipmgr.config.timers import Timers
 from vipmgr.core.election import Election, ElectionConfig
 from vipmgr.core.messages import (
     OK, REFUSED, UNREACHABLE, Cordoned, EtcdResult, GrantLease, HealthChanged, Heartbeat,
-    KeepAlive, Note, Program, RevokeLease, RoleChanged, SendAdvert, Shutdown, Start,
-    SwitchoverRequested, Tick, Watch, WatchUpdate, Withdraw,
+    KeepAlive, MembersChanged, Note, Program, RevokeLease, RoleChanged, SendAdvert, Shutdown,
+    Start, SwitchoverRequested, Tick, Watch, WatchUpdate, Withdraw,
 )
 from vipmgr.core.placement import node_priority
 from vipmgr.sim.etcd import EtcdModel
@@ -30,6 +30,32 @@ ETCD_DELAY = (0.0003, 0.0015)  # one way to the etcd leader and its apply
 CALM = 1.0                     # seconds without any disturbance after which no role may change
 SETTLED = 0.3                  # stop this long after every gateway has one stable active
 ACTIVE_ROLES = ("active", "vrrp-active")
+MEMBERSHIP_DELAY = (0.0005, 0.02)  # a label change reaches each node's store watch
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """A loaded host: the agent's event loop stalls now and then (every event for the
+    node, timers included, waits until the stall ends) and etcd sometimes answers
+    late. Bounded: a stall lasts at most ``stall_max``, a slow reply adds at most
+    ``etcd_slow_max`` (below etcdTimeout, so it is late, not lost)."""
+
+    stall_rate: float = 2.0         # stalls per node per second (Poisson)
+    stall_max: float = 0.040
+    etcd_slow_share: float = 0.05   # share of etcd replies and watch events that are slow
+    etcd_slow_max: float = 0.040
+
+
+JITTER = Jitter()
+
+
+@dataclass(frozen=True)
+class _Membership:
+    """One gateway's member set and one node's priority, as that node's store shows it."""
+
+    version: int
+    members: tuple[str, ...]
+    priority: int
 
 
 @dataclass
@@ -45,7 +71,9 @@ class SimNode:
     cordoned: bool = False
     elections: dict[str, Election] = field(default_factory=dict)
     wakes: dict[str, float] = field(default_factory=dict)
-    backlog: list[tuple[str, object]] = field(default_factory=list)
+    backlog: list[tuple[str, Election | None, object]] = field(default_factory=list)
+    known: dict[str, int] = field(default_factory=dict)  # gateway -> membership version seen
+    stalled_until: float = 0.0
 
     def local(self, t: float) -> float:
         return self.offset + t * self.rate
@@ -60,6 +88,11 @@ class Outcome:
     graceful: list[float] = field(default_factory=list)
     trace: list[str] = field(default_factory=list)
     sim_time: float = 0.0
+    jitter: bool = False
+    # while no fault was on (jitter only): ACTIVE -> FENCED, and standbys suspecting
+    spurious_fences: int = 0
+    spurious_challenges: int = 0
+    datapath_gaps: int = 0
 
 
 class World:
@@ -71,7 +104,7 @@ class World:
         self.tracing = trace
         self.rng = random.Random(schedule.seed ^ 0x5EED)
         self.etcd = EtcdModel()
-        self.out = Outcome(schedule.seed)
+        self.out = Outcome(schedule.seed, jitter=schedule.jitter)
         self.heap: list = []
         self._seq = 0
         self.t = 0.0
@@ -81,7 +114,8 @@ class World:
         self.keys = {gw: GatewayKeys("/vipmgr", gw) for gw in schedule.gateways}
         # kernel[gw][node] = real time the programmed datapath expires (absent: withdrawn)
         self.kernel: dict[str, dict[str, float]] = {gw: {} for gw in schedule.gateways}
-        self.watches: dict[tuple[str, str], int] = {}   # (node, gw) -> watch op id
+        # (node, gw) -> (watch op id, the election that asked)
+        self.watches: dict[tuple[str, str], tuple[int, Election]] = {}
         self.blocked: dict[tuple[str, str], int] = {}
         self.loss = self.dup = self.delay = 0.0
         self._hb_faults: list[Episode] = []
@@ -95,6 +129,11 @@ class World:
         self.measure: tuple[str, str, str, float] | None = None  # kind, gw, old node, t
         self._reported: set[str] = set()
         self.timeout = self.timers.etcd_timeout
+        self.jitter = JITTER if schedule.jitter else None
+        self.members = {gw: tuple(schedule.nodes) for gw in schedule.gateways}
+        self.member_version = {gw: 1 for gw in schedule.gateways}
+        self.priority_override: dict[tuple[str, str], int] = {}
+        self.unlabelled: dict[tuple[str, str], int] = {}
 
     # --- event loop ------------------------------------------------------------------
 
@@ -106,6 +145,8 @@ class World:
         s = self.s
         for node in self.nodes:
             self.at(self.rng.uniform(0, 0.05), self._start_node, node)
+            if self.jitter:
+                self.at(self.rng.expovariate(self.jitter.stall_rate), self._stall, node)
         for ep in s.episodes:
             self.at(ep.start, self._episode, ep, True)
             if ep.kind != "leader_change":
@@ -131,17 +172,47 @@ class World:
         node.elections = {}
         node.wakes = {}
         node.backlog = []
-        for gw in self.s.gateways:
-            cfg = ElectionConfig(gateway=gw, node=node.name, members=tuple(self.s.nodes),
-                                 priority=node_priority(gw, node.name), timers=self.timers,
-                                 on_etcd_loss=self.s.policy, unsafe=self.unsafe)
-            node.elections[gw] = Election(cfg)
-            self._handle(node, gw, Start())
-            if not node.healthy:
-                self._handle(node, gw, HealthChanged(False))
-            if node.cordoned:
-                self._handle(node, gw, Cordoned(True))
         self._log(node.name, "", f"process starts (incarnation {node.incarnation})")
+        for gw in self.s.gateways:
+            self._join(node, gw, self._membership(gw, node))
+
+    def _membership(self, gw: str, node: SimNode) -> _Membership:
+        return _Membership(self.member_version[gw], self.members[gw],
+                           self.priority_override.get((gw, node.name),
+                                                      node_priority(gw, node.name)))
+
+    def _join(self, node: SimNode, gw: str, m: _Membership) -> None:
+        """What the agent does when its node is selected: a new election, started."""
+        node.known[gw] = m.version
+        if node.name not in m.members:
+            return
+        cfg = ElectionConfig(gateway=gw, node=node.name, members=m.members,
+                             priority=m.priority, timers=self.timers,
+                             on_etcd_loss=self.s.policy, unsafe=self.unsafe)
+        node.elections[gw] = Election(cfg)
+        self._handle(node, gw, Start())
+        if not node.healthy:
+            self._handle(node, gw, HealthChanged(False))
+        if node.cordoned:
+            self._handle(node, gw, Cordoned(True))
+
+    def _relabel(self, node: SimNode, gw: str, m: _Membership) -> None:
+        """A membership change reaches this node's agent: leave (graceful), join, or
+        tell the running election (MembersChanged) without any handover."""
+        if m.version <= node.known.get(gw, 0):
+            return
+        el = node.elections.get(gw)
+        running = el is not None and not el.stopping
+        member = node.name in m.members
+        self._log(node.name, gw, f"sees members {','.join(m.members)} priority {m.priority}")
+        if running and member:
+            node.known[gw] = m.version
+            self._handle(node, gw, MembersChanged(m.members, m.priority))
+        elif running:
+            node.known[gw] = m.version
+            self._handle(node, gw, Shutdown())
+        else:
+            self._join(node, gw, m)
 
     def _crash(self, node: SimNode) -> None:
         node.alive = False
@@ -159,7 +230,7 @@ class World:
         now = node.local(self.t)
         actions = el.handle(event, now)
         if actions:
-            self._apply(node, gw, actions, now)
+            self._apply(node, gw, el, actions, now)
         deadline = el.next_deadline
         if deadline is None:
             node.wakes.pop(gw, None)
@@ -171,29 +242,49 @@ class World:
             node.wakes[gw] = when
             self.at(when, self._wake, node, gw, node.incarnation, when)
 
+    def _stalled(self, node: SimNode, fn, *args) -> bool:
+        """The node's event loop is busy: whatever reaches it waits, in order."""
+        if node.stalled_until > self.t:
+            self.at(node.stalled_until, fn, node, *args)
+            return True
+        return False
+
+    def _stall(self, node: SimNode) -> None:
+        j = self.jitter
+        length = self.rng.uniform(0, j.stall_max)
+        node.stalled_until = max(node.stalled_until, self.t + length)
+        if self.tracing and node.alive:
+            self._log(node.name, "", f"event loop stalls for {length * 1e3:.1f} ms")
+        self.at(self.t + self.rng.expovariate(j.stall_rate), self._stall, node)
+
     def _wake(self, node: SimNode, gw: str, inc: int, when: float) -> None:
         if node.incarnation != inc or not node.alive or node.frozen \
-                or node.wakes.get(gw) != when:
+                or node.wakes.get(gw) != when or self._stalled(node, self._wake, gw, inc, when):
             return
         del node.wakes[gw]
         self._handle(node, gw, Tick())
 
-    def _deliver(self, node: SimNode, gw: str, inc: int, event) -> None:
-        """An etcd result or watch update reaches the node (queued while frozen)."""
-        if node.incarnation != inc or not node.alive:
+    def _deliver(self, node: SimNode, gw: str, el: Election | None, event) -> None:
+        """An etcd result or watch update (for election ``el``; None: the agent's own
+        store watch) reaches the node (queued while frozen)."""
+        if not node.alive or (el is not None and node.elections.get(gw) is not el) \
+                or self._stalled(node, self._deliver, gw, el, event):
             return
         if node.frozen:
-            node.backlog.append((gw, event))
-            return
-        self._handle(node, gw, event)
+            node.backlog.append((gw, el, event))
+        elif isinstance(event, _Membership):
+            self._relabel(node, gw, event)
+        else:
+            self._handle(node, gw, event)
 
     def _heartbeat(self, node: SimNode, gw: str, inc: int, event: Heartbeat) -> None:
-        if node.incarnation == inc and node.alive and not node.frozen:
+        if node.incarnation == inc and node.alive and not node.frozen \
+                and not self._stalled(node, self._heartbeat, gw, inc, event):
             self._handle(node, gw, event)
 
     # --- actions ---------------------------------------------------------------------
 
-    def _apply(self, node: SimNode, gw: str, actions: list, now: float) -> None:
+    def _apply(self, node: SimNode, gw: str, el: Election, actions: list, now: float) -> None:
         for a in actions:
             tp = type(a)
             if tp is SendAdvert:
@@ -208,7 +299,7 @@ class World:
             elif tp is Note:
                 self._log(node.name, gw, f"note {a.kind}: {a.detail}")
             else:
-                self._etcd_send(node, gw, a)
+                self._etcd_send(node, gw, el, a)
 
     def _send(self, node: SimNode, gw: str, action: SendAdvert) -> None:
         event = Heartbeat(action.advert)
@@ -228,7 +319,11 @@ class World:
 
     def _program(self, node: SimNode, gw: str, expires: float) -> None:
         kernel, t = self.kernel[gw], self.t
-        fresh = kernel.get(node.name, -1.0) <= t
+        before = kernel.get(node.name)
+        fresh = before is None or before <= t
+        if before is not None and before < t and not self.active_faults \
+                and self.measure is None:
+            self.out.datapath_gaps += 1  # expired under a node that never withdrew: a blip
         kernel[node.name] = expires
         if not fresh:
             return
@@ -251,6 +346,11 @@ class World:
         self._log(node.name, gw, f"{a.old} -> {a.new} ({a.cause}{': ' if a.detail else ''}"
                                  f"{a.detail})")
         self.last_role_change = self.t
+        if not self.active_faults and self.measure is None:
+            if (a.old, a.new) == ("active", "fenced"):
+                self.out.spurious_fences += 1
+            elif a.new == "challenging":
+                self.out.spurious_challenges += 1
         if not self.active_faults and self.t - self.last_disturbance > CALM:
             self._violation(f"role change without a cause: {node.name}/{gw} {a.old} -> {a.new} "
                             f"({a.cause}) {self.t - self.last_disturbance:.2f} s after the last "
@@ -268,22 +368,30 @@ class World:
     def _reachable(self, node: SimNode) -> bool:
         return not self.etcd_down and node.name not in self.etcd_cut
 
-    def _etcd_send(self, node: SimNode, gw: str, op) -> None:
-        inc, t = node.incarnation, self.t
-        if self._reachable(node):
-            self.at(t + self.rng.uniform(*ETCD_DELAY), self._etcd_apply, node, gw, inc, op, t)
-        else:
-            self._unreachable(node, gw, inc, op, t)
+    def _etcd_delay(self) -> float:
+        """One way to etcd and back out of it; sometimes slow on a loaded host."""
+        delay = self.rng.uniform(*ETCD_DELAY)
+        j = self.jitter
+        if j is not None and self.rng.random() < j.etcd_slow_share:
+            delay += self.rng.uniform(0, j.etcd_slow_max)
+        return delay
 
-    def _unreachable(self, node: SimNode, gw: str, inc: int, op, issued: float) -> None:
-        self.at(max(self.t, issued + self.timeout), self._deliver, node, gw, inc,
+    def _etcd_send(self, node: SimNode, gw: str, el: Election, op) -> None:
+        t = self.t
+        if self._reachable(node):
+            self.at(t + self.rng.uniform(*ETCD_DELAY), self._etcd_apply, node, gw, el, op, t)
+        else:
+            self._unreachable(node, gw, el, op, t)
+
+    def _unreachable(self, node: SimNode, gw: str, el: Election, op, issued: float) -> None:
+        self.at(max(self.t, issued + self.timeout), self._deliver, node, gw, el,
                 EtcdResult(op.op_id, UNREACHABLE))
         if self.tracing:
             self._log(node.name, gw, f"etcd {type(op).__name__} -> unreachable")
 
-    def _etcd_apply(self, node: SimNode, gw: str, inc: int, op, issued: float) -> None:
+    def _etcd_apply(self, node: SimNode, gw: str, el: Election, op, issued: float) -> None:
         if not self._reachable(node):
-            self._unreachable(node, gw, inc, op, issued)
+            self._unreachable(node, gw, el, op, issued)
             return
         etcd, t, keys = self.etcd, self.t, self.keys[gw]
         tp = type(op)
@@ -295,8 +403,8 @@ class World:
         elif tp is RevokeLease:
             result = EtcdResult(op.op_id, OK if etcd.revoke(op.lease) else REFUSED)
         elif tp is Watch:
-            self.watches[(node.name, gw)] = op.op_id
-            self._push_view(node, gw, etcd.view(keys))
+            self.watches[(node.name, gw)] = (op.op_id, el)
+            self._push_view(node, gw, el, etcd.view(keys))
             return
         else:
             ok, rev, view = etcd.txn(plan(op, node.name, keys), keys)
@@ -304,36 +412,33 @@ class World:
         if self.tracing:
             self._log(node.name, gw, f"etcd {type(op).__name__} -> {result.outcome}"
                                      f"{' rev ' + str(result.revision) if result.revision else ''}")
-        done = t + self.rng.uniform(*ETCD_DELAY)
+        done = t + self._etcd_delay()
         if done > issued + self.timeout:
-            self._unreachable(node, gw, inc, op, issued)
+            self._unreachable(node, gw, el, op, issued)
         else:
-            self.at(done, self._etcd_reply, node, gw, inc, op, issued, result)
+            self.at(done, self._etcd_reply, node, gw, el, op, issued, result)
         if etcd.revision != before:
             self._notify()
         self._schedule_expiry()
 
-    def _etcd_reply(self, node: SimNode, gw: str, inc: int, op, issued: float,
+    def _etcd_reply(self, node: SimNode, gw: str, el: Election, op, issued: float,
                     result: EtcdResult) -> None:
         if self._reachable(node):
-            self._deliver(node, gw, inc, result)
+            self._deliver(node, gw, el, result)
         else:
-            self._unreachable(node, gw, inc, op, issued)
+            self._unreachable(node, gw, el, op, issued)
 
-    def _push_view(self, node: SimNode, gw: str, view) -> None:
-        self.at(self.t + self.rng.uniform(*ETCD_DELAY), self._deliver, node, gw,
-                node.incarnation, WatchUpdate(view))
+    def _push_view(self, node: SimNode, gw: str, el: Election, view) -> None:
+        self.at(self.t + self._etcd_delay(), self._deliver, node, gw, el, WatchUpdate(view))
 
     def _notify(self) -> None:
-        for (name, gw) in list(self.watches):
-            node = self.by_name[name]
-            self._push_view(node, gw, self.etcd.view(self.keys[gw]))
+        for (name, gw), (_, el) in list(self.watches.items()):
+            self._push_view(self.by_name[name], gw, el, self.etcd.view(self.keys[gw]))
 
     def _break_watches(self, names: list[str]) -> None:
         for key in [k for k in self.watches if k[0] in names]:
-            op_id = self.watches.pop(key)
-            node = self.by_name[key[0]]
-            self.at(self.t + self.timeout, self._deliver, node, key[1], node.incarnation,
+            op_id, el = self.watches.pop(key)
+            self.at(self.t + self.timeout, self._deliver, self.by_name[key[0]], key[1], el,
                     EtcdResult(op_id, UNREACHABLE))
 
     def _schedule_expiry(self) -> None:
@@ -420,6 +525,8 @@ class World:
             self._set_health(node, not starting)
         elif kind == "cordon":
             self._set_cordon(node, starting)
+        elif kind in ("unlabel", "reprioritize"):
+            self._change_membership(ep, node, starting)
         else:
             self._measured(ep, starting)
         self._track_double_fault()
@@ -435,10 +542,27 @@ class World:
         node.frozen = False
         backlog, node.backlog = node.backlog, []
         self._log(node.name, "", f"resumes ({len(backlog)} queued etcd messages)")
-        for gw, event in backlog:
-            self._handle(node, gw, event)
+        for gw, el, event in backlog:
+            self._deliver(node, gw, el, event)
         for gw in list(node.elections):
             self._handle(node, gw, Tick())
+
+    def _change_membership(self, ep: Episode, node: SimNode, starting: bool) -> None:
+        """Label or priority edit in the store; each agent's watch sees it a little later."""
+        gw = self.s.gateways[ep.gateway]
+        if ep.kind == "unlabel":
+            count = self.unlabelled.get((gw, node.name), 0) + (1 if starting else -1)
+            self.unlabelled[(gw, node.name)] = count
+            self.members[gw] = tuple(n for n in self.s.nodes
+                                     if not self.unlabelled.get((gw, n), 0))
+        elif starting:
+            self.priority_override[(gw, node.name)] = int(ep.amount)
+        else:
+            self.priority_override.pop((gw, node.name), None)
+        self.member_version[gw] += 1
+        for dst in self.nodes:
+            self.at(self.t + self.rng.uniform(*MEMBERSHIP_DELAY), self._deliver, dst, gw, None,
+                    self._membership(gw, dst))
 
     def _set_health(self, node: SimNode, ok: bool) -> None:
         node.healthy = ok
@@ -451,6 +575,13 @@ class World:
         for gw in list(node.elections):
             if not node.frozen:
                 self._handle(node, gw, Cordoned(on))
+
+    def crash_standbys(self, count: int) -> None:
+        """Soak: kill ``count`` nodes that are active for no gateway (they stay members)."""
+        busy = {n for kernel in self.kernel.values() for n, exp in kernel.items() if exp > self.t}
+        for node in [n for n in self.nodes if n.name not in busy and n.alive][:count]:
+            self._crash(node)
+        self.last_disturbance = self.t
 
     def _active_of(self, gw: str) -> str | None:
         live = [n for n, exp in self.kernel[gw].items() if exp > self.t]
