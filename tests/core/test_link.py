@@ -79,3 +79,27 @@ def test_frozen_active_is_fenced_by_its_kernel_before_the_takeover():
     assert out.violations == []
     assert any("resumes" in line for line in out.trace)
     assert len(active_now(w)) == 1
+
+
+def test_unlabelling_a_standby_is_applied_live_without_a_role_change():
+    w0, _ = world([Episode("leader_change", 0.5, 0.0)])
+    holder = active_now(w0)[0]
+    other = next(i for i in range(3) if f"n{i + 1}" != holder)
+    w, out = world([Episode("unlabel", 0.8, 1.0, node=other)])
+    assert out.violations == []
+    assert active_now(w) == [holder] and programs_after(out, 100) == []
+    after = [line for line in out.trace if float(line.split()[0]) > 790]
+    assert any(f"{holder} gw1   note members-changed" in line for line in after)
+    assert not any("->" in line and "etcd" not in line and f" {holder} " in line
+                   for line in after)  # the active never changed role
+
+
+def test_unlabelling_the_active_hands_over_gracefully():
+    w0, _ = world([Episode("leader_change", 0.5, 0.0)])
+    holder = active_now(w0)[0]
+    w, out = world([Episode("unlabel", 0.8, 1.0, node=int(holder[1:]) - 1)])
+    assert out.violations == []
+    assert any(f"{holder} gw1   active -> releasing (release: shutdown" in line
+               for line in out.trace)
+    took = [float(line.split()[0]) for line in programs_after(out, 800)]
+    assert took and took[0] < 800 + 20 + 20  # propagation (<= 20 ms) + a graceful handover
