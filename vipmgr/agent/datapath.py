@@ -24,6 +24,7 @@ from vipmgr.dataplane.plan import GarpSettings, NodePlan, build_node_plan
 from vipmgr.dataplane.reconcile import Dataplane
 
 LOG = logging.getLogger("vipmgr.datapath")
+RETRY_AFTER = 0.2  # seconds before a failed reconcile is tried again
 
 
 class NodeDatapath:
@@ -41,15 +42,18 @@ class NodeDatapath:
         self.plan = NodePlan(node)
         self.error: str = ""                  # last reconcile failure, for datapath-ready
         self._dirty = asyncio.Event()
-        self._arm = False
         self._armed: set[str] = set()  # serving gateways whose dead-man this process armed
         self._verify_next = False
+        self._generation = 0   # bumped by every serve/withdraw
+        self._applied = 0      # the generation the kernel reflects
+        self._applied_event = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
 
     # --- inputs ---------------------------------------------------------------------
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._worker(), name="datapath")
         self._dirty.set()
 
@@ -68,34 +72,63 @@ class NodeDatapath:
             self._dirty.set()
 
     def program(self, gateway: str, until: float) -> None:
-        """Serve ``gateway`` (the take arms the dead-man), or keep it armed while the
-        evidence holds. State changes here, in the core's order; the kernel follows."""
+        """Serve ``gateway`` until ``until`` (core clock): the take arms the dead-man in the
+        transaction that installs it, later calls re-arm it without waiting. State
+        changes here, in the core's order; the kernel follows."""
         if self.clock() >= until:
             return  # the evidence already lapsed; the core withdraws next
-        if gateway in self.serving:
-            self.serving[gateway] = until
-            if gateway in self._armed and not self._dirty.is_set():
-                self._refresh(gateway)
-            return
+        taken = gateway in self.serving
         self.serving[gateway] = until
-        self._arm = True
-        self._dirty.set()
+        if not taken:
+            self._changed()
+        elif gateway in self._armed:
+            future = self.dp.refresh_nowait(gateway, until - self.clock())
+            future.add_done_callback(lambda f: self._refreshed(gateway, f))
+        else:
+            self._dirty.set()  # the take is in flight or its arming came too late: arm again
 
-    def withdraw(self, gateway: str) -> None:
+    def _refreshed(self, gateway: str, future) -> None:
+        """Runs on the arming thread: count, or ask for a kernel re-read on a failure."""
+        exc = future.exception()
+        if exc is None:
+            if future.result():
+                self.metrics.deadman_refreshed(gateway)
+            return
+        self.error = f"dead-man refresh failed: {exc}"
+        LOG.error(self.error, extra={"node": self.node, "gateway": gateway})
+        self._verify_next = True
+        self._loop.call_soon_threadsafe(self._dirty.set)
+
+    def withdraw(self, gateway: str) -> int:
+        """Stop serving ``gateway``; returns the generation ``settled`` waits for."""
         if self.serving.pop(gateway, None) is not None:
             self._armed.discard(gateway)
-            self._dirty.set()
+            self._changed()
+        return self._generation
 
-    def _refresh(self, gateway: str) -> None:
-        try:
-            self.dp.refresh()
-        except KernelError as exc:
-            self.error = f"dead-man refresh failed: {exc}"
-            LOG.error(self.error, extra={"node": self.node, "gateway": gateway})
-            self._verify_next = True
-            self._dirty.set()
-            return
-        self.metrics.deadman_refreshed(gateway)
+    def _changed(self) -> None:
+        self._generation += 1
+        self._dirty.set()
+
+    async def settled(self, generation: int, limit: float) -> None:
+        """Until the kernel reflects every change up to ``generation``, or ``limit``
+        seconds (the dead-man timeout: by then the kernel has let go by itself).
+
+        The member awaits this before an etcd op that follows a Withdraw (a
+        release, a revoke): the successor must never find our VIP, SNAT or ARP
+        answers still in the kernel.
+        """
+        async def applied() -> None:
+            while self._applied < generation:
+                self._applied_event.clear()
+                await self._applied_event.wait()
+
+        if self._applied < generation:
+            try:
+                await asyncio.wait_for(applied(), limit)
+            except asyncio.TimeoutError:
+                LOG.warning("withdraw not applied in time; the dead-man switch has expired it",
+                            extra={"node": self.node})
 
     def request(self) -> None:
         """Something changed that may change the plan: reconcile soon."""
@@ -130,22 +163,25 @@ class NodeDatapath:
     async def _apply(self, verify: bool) -> None:
         self._dirty.clear()
         self._verify_next = False
-        arm, self._arm = self._arm, False
+        generation = self._generation
         plan = self.build()
+        now = self.clock()
+        arm = {gw: until - now for gw, until in self.serving.items() if gw not in self._armed}
         started = time.perf_counter()
         try:
-            report = await asyncio.to_thread(self.dp.reconcile, plan, arm=arm, verify=verify)
+            report = await asyncio.wrap_future(
+                self.dp.reconcile_nowait(plan, arm=arm, verify=verify))
         except (KernelError, OSError) as exc:
             self.error = f"dataplane reconcile failed: {exc}"
             LOG.error(self.error, extra={"node": self.node})
-            self._arm = self._arm or arm
             self._verify_next = True
+            asyncio.get_running_loop().call_later(RETRY_AFTER, self._dirty.set)
             return
         self.error = ""
         self.plan = plan
-        # A take arms every active gateway of its plan; later plans keep what stays active.
-        active_now = {g.name for g in plan.active}
-        self._armed = active_now if arm else self._armed & active_now
+        self._applied = generation
+        self._applied_event.set()
+        self._armed = (self._armed | set(report.armed)) & {g.name for g in plan.active}
         for problem in plan.problems:
             LOG.warning(problem, extra={"node": self.node})
         if report:

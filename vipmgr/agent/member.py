@@ -110,6 +110,7 @@ class GatewayMember:
                                           timeout=failover.timers.etcd_timeout,
                                           on_update=self._on_watch)
         self._timer: asyncio.TimerHandle | None = None
+        self._withdrawn = 0  # datapath generation of our latest Withdraw
         self._tasks: set[asyncio.Task] = set()
         self.stopped = asyncio.Event()
 
@@ -188,7 +189,7 @@ class GatewayMember:
         elif isinstance(action, Program):
             self.ctx.datapath.program(self.name, action.until)
         elif isinstance(action, Withdraw):
-            self.ctx.datapath.withdraw(self.name)
+            self._withdrawn = self.ctx.datapath.withdraw(self.name)
         elif isinstance(action, RoleChanged):
             self._role_changed(action)
         elif isinstance(action, Note):
@@ -208,6 +209,9 @@ class GatewayMember:
                       extra={"gateway": self.name, "node": self.ctx.node})
 
     async def _etcd(self, op: EtcdOp) -> None:
+        # Actions run in the core's order: nothing reaches etcd (a release that lets a
+        # successor in) before the kernel has let go of what we withdrew.
+        await self.ctx.datapath.settled(self._withdrawn, self.timers.deadman_timeout)
         with self.ctx.metrics.etcd_request(type(op).__name__.lower()):
             result = await self.executor.run(op)
         self.ctx.metrics.etcd_connection(result.outcome != "unreachable")
