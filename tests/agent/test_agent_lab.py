@@ -13,6 +13,7 @@ import pytest
 
 from vipmgr.lab.runtime import deploy, destroy
 from vipmgr.lab.topology import default_topology_path, load
+from waiting import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -31,17 +32,6 @@ probes:
     rise: 1
     fall: 2
 """
-
-
-def wait_for(predicate, timeout: float, what: str, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import yaml
 from vipmgr.lab.bench import FailoverBench, Vipmgr, agent_available
 from vipmgr.lab.runtime import LabError, deploy, destroy
 from vipmgr.lab.topology import default_topology_path, load
+from waiting import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow,
               pytest.mark.skipif(not agent_available()[0], reason="agent not available")]
@@ -35,17 +36,6 @@ VIP, VIP2 = "192.0.2.100", "192.0.2.101"
 ETH1 = {"gw-a": "192.0.2.11", "gw-b": "192.0.2.12", "gw-c": "192.0.2.13"}
 BACKEND_OWN, FRONTEND_OWN = "198.18.0.22", "198.18.0.21"  # their workers' uplinks
 _files = itertools.count()
-
-
-def wait_for(predicate, timeout: float, what: str, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def vipmgr(lab, *args: str, check: bool = True):

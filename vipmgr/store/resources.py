@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from vipmgr.resources.errors import Problem, Problems, ValidationError
+from vipmgr.resources.errors import Problems, ValidationError
 from vipmgr.resources.models import (
     KIND_BY_KIND,
     EgressGateway,
