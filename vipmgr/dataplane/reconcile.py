@@ -43,13 +43,10 @@ from vipmgr.config.timers import Timers
 from vipmgr.dataplane import conntrack, garp, layout as L, nftstate
 from vipmgr.dataplane.kernel import KernelError, NetnsThread, Nft, NftMissing
 from vipmgr.dataplane.nftarm import ArmSocket
+from vipmgr.dataplane.rtnl import RouteKey, RouteSocket, RouteVal
 from vipmgr.dataplane.plan import NodePlan
 
-RouteKey = tuple[int, str]  # (table, dst cidr)
-RouteVal = tuple[str, str | None]  # ("unicast", via) | ("blackhole", None)
 RuleKey = tuple[int, int, int, int]  # (priority, table, fwmark, fwmask)
-RTN = {"unicast": 1, "blackhole": 6}
-RTN_NAME = {v: k for k, v in RTN.items()}
 
 
 @dataclass
@@ -118,6 +115,7 @@ class Dataplane:
         self._nft: Nft = self._thread.call(Nft)
         self._arm_sock: ArmSocket = self._arming.call(ArmSocket)
         self._ipr: IPRoute = self._thread.call(IPRoute)
+        self._rt: RouteSocket = self._thread.call(RouteSocket)
         self._ct: Conntrack = self._thread.call(Conntrack)
         self._known: KernelState | None = None
         self._plan = NodePlan("")
@@ -137,13 +135,7 @@ class Dataplane:
         addrs = {(names.get(a["index"], "?"), a.get_attr("IFA_LOCAL"))
                  for a in self._ipr.get_addr(family=socket.AF_INET)
                  if a.get_attr("IFA_PROTO") == L.IFA_PROTO}
-        routes: dict[RouteKey, RouteVal] = {}
-        for r in self._ipr.get_routes(family=socket.AF_INET):
-            table = r.get_attr("RTA_TABLE")
-            if table in L.OWN_TABLES:
-                dst = f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}"
-                routes[(table, dst)] = (RTN_NAME.get(r["type"], str(r["type"])),
-                                        r.get_attr("RTA_GATEWAY"))
+        routes = self._rt.dump()
         rules = set()
         for r in self._ipr.get_rules(family=socket.AF_INET):
             prio = r.get_attr("FRA_PRIORITY")
@@ -205,10 +197,10 @@ class Dataplane:
         for ifname, ip in sorted(have.addresses - want_addrs):
             self._addr("del", ifname, ip, ifindex)
             report.changes.append(f"address: del {ip}/32 dev {ifname}")
-        for key, val in sorted(want_routes.items()):
-            if have.routes.get(key) != val:
-                self._route("replace", key, val)
-                report.changes.append(f"route: {_route_text(key, val)}")
+        changed = sorted((key, val) for key, val in want_routes.items()
+                         if have.routes.get(key) != val)
+        self._rt.apply("replace", changed)
+        report.changes += _route_changes("route: ", changed)
         for rule in sorted(want_rules - have.rules):
             self._rule("add", rule)
             report.changes.append(f"rule: add {_rule_text(rule)}")
@@ -237,9 +229,9 @@ class Dataplane:
         for rule in sorted(have.rules - want_rules):
             self._rule("del", rule)
             report.changes.append(f"rule: del {_rule_text(rule)}")
-        for key in sorted(set(have.routes) - set(want_routes)):
-            self._route("del", key, have.routes[key])
-            report.changes.append(f"route: del {key[1]} table {key[0]}")
+        gone = sorted((key, have.routes[key]) for key in set(have.routes) - set(want_routes))
+        self._rt.apply("del", gone)
+        report.changes += _route_changes("route: del ", gone)
 
         self._plan = plan
         self._known = KernelState(_as_observed(have.nft, want_nft), want_addrs, want_routes,
@@ -267,12 +259,6 @@ class Dataplane:
             cache[ifname] = found[0]
         kw = {"proto": L.IFA_PROTO} if op == "add" else {}
         self._ipr.addr(op, index=cache[ifname], address=ip, prefixlen=32, **kw)
-
-    def _route(self, op: str, key: RouteKey, val: RouteVal) -> None:
-        table, dst = key
-        kind, via = val
-        kw = {"gateway": via} if kind == "unicast" and op != "del" else {}
-        self._ipr.route(op, dst=dst, table=table, type=RTN[kind], proto=L.RT_PROTO, **kw)
 
     def _rule(self, op: str, rule: RuleKey) -> None:
         prio, table, fwmark, fwmask = rule
@@ -372,6 +358,7 @@ class Dataplane:
 
     def close(self) -> None:
         self._thread.call(self._ipr.close)
+        self._thread.call(self._rt.close)
         self._thread.call(self._ct.close)
         self._thread.call(self._nft.close)
         self._arming.call(self._arm_sock.close)
@@ -429,6 +416,14 @@ def _as_observed(before: nftstate.ObservedNft, want: nftstate.NftState) -> nftst
 def _ms_left(deadline: float) -> int:
     """Whole milliseconds until ``deadline`` (monotonic clock), rounded down."""
     return int((deadline - time.monotonic()) * 1000)
+
+
+def _route_changes(prefix: str, routes: list[tuple[RouteKey, RouteVal]]) -> list[str]:
+    """Report lines; a bulk change (return routes of many VMs) is summarised."""
+    if len(routes) > 20:
+        tables = sorted({key[0] for key, _ in routes})
+        return [f"{prefix}{len(routes)} routes in table(s) {', '.join(map(str, tables))}"]
+    return [prefix + _route_text(key, val) for key, val in routes]
 
 
 def _route_text(key: RouteKey, val: RouteVal) -> str:

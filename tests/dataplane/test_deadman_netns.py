@@ -1,0 +1,126 @@
+"""The dead-man refresh against a real kernel: never behind a reconcile, per gateway, and
+never re-arming what a reconcile withdrew."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from dpworld import VIP, gateway, plan_for, policy
+
+from vipmgr.dataplane.reconcile import Dataplane
+
+pytestmark = pytest.mark.netns
+VIP2 = "192.0.2.101"
+TWO_GATEWAYS = [gateway("egw"), gateway("egw2", vip=VIP2)]
+TWO_POLICIES = [policy("pol", "egw", app="backend"), policy("pol2", "egw2", app="frontend")]
+
+
+def armed(ns, gateway: str) -> str:
+    """The elements of the gateway's dead-man set, as nft prints them ('' when empty)."""
+    out = ns.run(["nft", "list", "set", "inet", "vipmgr", f"g-{gateway}-armed"]).stdout
+    return out.split("elements = {")[1].split("}")[0].strip() if "elements" in out else ""
+
+
+def test_refresh_does_not_wait_behind_a_busy_reconcile(world):
+    ga = world["ga"]
+    with Dataplane(ga.name, deadman_timeout=0.1) as dp, Dataplane(world["w"].name, 60) as w:
+        dp.reconcile(plan_for("ga", {"egw": "ga"}), arm=True)
+        w.reconcile(plan_for("w", {"egw": "ga"}))
+        release = threading.Event()
+        busy = dp._thread.submit(release.wait, 10)  # the reconcile thread is stuck...
+        queued = dp.reconcile_nowait(plan_for("ga", {"egw": "ga"}), verify=True)  # ...and queued
+        caller, durations, refused = [], [], []
+        try:
+            stop = threading.Event()
+
+            def refresher() -> None:  # the agent's 20 ms advert interval
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    future = dp.refresh_nowait("egw", 0.1)
+                    caller.append(time.perf_counter() - t0)
+                    if not future.result(1):
+                        refused.append(len(durations))
+                    durations.append(time.perf_counter() - t0)
+                    stop.wait(0.02)
+
+            thread = threading.Thread(target=refresher)
+            thread.start()
+            time.sleep(0.3)
+            try:
+                # several dead-man timeouts later the element is alive and traffic flows
+                assert world.udp("vm1", range(1, 6), timeout=0.3) == [VIP] * 5
+                assert "ipv4" in armed(ga, "egw")
+            finally:
+                stop.set()
+                thread.join(5)
+            assert not busy.done() and not queued.done(), "the reconcile thread was not held"
+        finally:
+            release.set()
+        assert not queued.result(10), "the queued verify found nothing to change"
+        durations.sort()
+        print(f"refresh behind a held reconcile: n={len(durations)} median "
+              f"{durations[len(durations) // 2] * 1e3:.2f} ms, max {durations[-1] * 1e3:.2f} ms; "
+              f"caller max {max(caller) * 1e6:.0f} µs")
+        assert not refused, "a refresh did not arm"
+        assert len(durations) >= 12 and durations[-1] < 0.01
+        time.sleep(0.15)
+        assert armed(ga, "egw") == "", "no refresh: the element expires by itself"
+        assert world.udp("vm1", range(6, 8), timeout=0.2) == ["-", "-"]
+
+
+def test_two_gateways_expire_independently(world):
+    ga = world["ga"]
+    gws, pols = TWO_GATEWAYS, TWO_POLICIES
+    active = {"egw": "ga", "egw2": "ga"}
+    with Dataplane(ga.name, deadman_timeout=1.0) as dp, Dataplane(world["w"].name, 60) as w:
+        report = dp.reconcile(plan_for("ga", active, gws, pols), arm={"egw": 0.3, "egw2": 1.0})
+        assert set(report.armed) == {"egw", "egw2"} and report.armed["egw"] <= 300
+        w.reconcile(plan_for("w", active, gws, pols))
+        assert world.udp("vm1", range(1, 3)) == [VIP] * 2
+        assert world.udp("vm2", range(1, 3)) == [VIP2] * 2
+        time.sleep(0.35)
+        # egw's evidence ran out: its gate drops, egw2 (armed for longer) still forwards
+        assert armed(ga, "egw") == "" and "ipv4" in armed(ga, "egw2")
+        assert world.udp("vm1", range(3, 5), timeout=0.2) == ["-", "-"]
+        assert world.udp("vm2", range(3, 5)) == [VIP2] * 2
+
+        assert dp.refresh("egw", 0.5) and "ipv4" in armed(ga, "egw")
+        assert world.udp("vm1", range(5, 7)) == [VIP] * 2
+        assert not dp.refresh("egw", 0.0009), "less than a millisecond left: not armed"
+        assert dp.refresh("egw2", 30.0)
+        timeout = armed(ga, "egw2").split("timeout ")[1].split()[0]
+        assert timeout.endswith("ms") and "s" not in timeout[:-2], \
+            f"expiry not capped at deadman_timeout: {timeout}"
+    assert {r.source for r in world.records()} == {VIP, VIP2}, "a datagram left unNATed"
+
+
+def test_refresh_never_rearms_a_withdrawn_gateway(world):
+    ga = world["ga"]
+    take, standby = plan_for("ga", {"egw": "ga"}), plan_for("ga", {"egw": "gb"})
+    with Dataplane(ga.name, deadman_timeout=0.5) as dp:
+        dp.reconcile(take, arm=True)
+        # a refresh submitted before a withdraw and a re-take runs after both: refused
+        release = threading.Event()
+        dp._arming.submit(release.wait, 10)
+        stale = dp.refresh_nowait("egw", 0.5)
+        dp.reconcile(standby)
+        assert armed(ga, "egw") == "", "stepping down disarms in the same transaction"
+        dp.reconcile(take, arm={"egw": 0.05})
+        release.set()
+        assert stale.result(5) is False
+        time.sleep(0.1)
+        assert armed(ga, "egw") == "", "the stale refresh re-armed the gateway"
+
+        # the kernel guard: the egress element is gone (a concurrent withdraw, as the kernel
+        # sees it) -> the refresh transaction is refused whole, nothing is (re)created
+        dp.reconcile(take, arm=True)
+        ga.run(["nft", "delete", "element", "inet", "vipmgr", "g-egw-egress", f"{{ {VIP} }}"])
+        time.sleep(0.55)
+        assert not dp.refresh("egw", 0.5) and armed(ga, "egw") == ""
+        ga.run(["nft", "delete", "table", "inet", "vipmgr"])
+        assert not dp.refresh("egw", 0.5)
+        assert "inet vipmgr" not in ga.run(["nft", "list", "tables"]).stdout
+        dp.reconcile(standby, verify=True)
+        assert not dp.refresh("egw", 0.5), "not served here: nothing to arm"
