@@ -376,6 +376,7 @@ class Election:
         if self.role is Role.ACTIVE and set(others) - old:
             self._carried = max(self._carried, self.validity())
         now = self._now
+        self._leaving = {m: until for m, until in self._leaving.items() if until > now}
         for gone in old - set(others):
             self._leaving[gone] = now + self._S + self._W
         for back in others:

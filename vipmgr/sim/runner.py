@@ -102,11 +102,11 @@ class Soak:
 
     def line(self) -> str:
         hours = self.active_hours
-        return (f"soak_active_hours={hours:.2f} spurious_fences={self.spurious_fences} "
-                f"per_active_hour={self.spurious_fences / hours:.1f} "
-                f"spurious_challenges={self.spurious_challenges} "
-                f"per_hour={self.spurious_challenges / hours:.1f} "
-                f"datapath_gaps={self.datapath_gaps} per_hour={self.datapath_gaps / hours:.1f}")
+        counts = {"spurious_fences": self.spurious_fences,
+                  "spurious_challenges": self.spurious_challenges,
+                  "datapath_gaps": self.datapath_gaps}
+        return " ".join([f"soak_active_hours={hours:.2f}"] + [
+            f"{name}={n} {name}_per_hour={n / hours:.1f}" for name, n in counts.items()])
 
 
 def soak(seconds: float, seed: int = 1, nodes: int = 3, gateways: int = 1, down: int = 1,
