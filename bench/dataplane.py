@@ -6,14 +6,19 @@ What it measures, in a throwaway network namespace it creates and removes
 
 - program worker       10,000 source IPs x 1,000 CIDRs, steering: one nft batch + 1 route/rule
 - program gateway      the same selection on the active node, VIP mode: one nft batch,
-                       the VIP, and 10,000 return routes (one netlink call each)
+                       the VIP, and 10,000 return routes (pipelined rtnetlink)
 - add one VM           one more source on the worker (cached reconcile: one tiny batch)
-- remove one VM        and back
-- refresh              the dead-man re-arm (one nft transaction)
+- remove one VM        and back (back to back: each add's background conntrack dump
+                       overlaps the following changes)
+- VM +/- spaced        the same, SPACING apart (the usual case: the dump runs in between)
+- refresh              the dead-man re-arm of the 10k gateway (one nf_tables batch on the
+                       arming thread): cost on the caller of refresh_nowait, time until armed,
+                       and time until armed while verify reconciles run (every 20 ms)
 - verify read          re-reading everything vipmgr owns (10k elements) from the kernel
 
 Bounded: RUNS full programs (default 5), CHANGES one-VM changes (default 200),
-REFRESHES refreshes (default 2000). Prints median and p99 per figure.
+SPACED spaced changes (default 40), REFRESHES refreshes (default 2000). Prints median
+and p99 per figure.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import ipaddress
 import os
 import statistics
 import sys
+import threading
 import time
 from typing import Callable
 
@@ -32,6 +38,7 @@ from vipmgr.dataplane.reconcile import Dataplane
 from vipmgr.lab.netns import NetnsLab, netns_supported
 
 SOURCES = 10_000
+SPACING = 0.1  # s between spaced one-VM changes: longer than the steering flush's gather
 CIDRS = 1_000
 
 
@@ -70,12 +77,37 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+def refresh_during(dp: Dataplane, work: Callable[[], object], times: int) -> list[float]:
+    """Refresh every 20 ms (the advert interval) while ``work`` runs ``times`` times on the
+    reconcile thread; each refresh's time until it armed."""
+    stop = threading.Event()
+    samples: list[float] = []
+
+    def refresher() -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            assert dp.refresh_nowait("bench", 60.0).result(5)
+            samples.append(time.perf_counter() - t0)
+            stop.wait(0.02)
+
+    thread = threading.Thread(target=refresher)
+    thread.start()
+    try:
+        for _ in range(times):
+            work()
+    finally:
+        stop.set()
+        thread.join()
+    return samples
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--refreshes", type=int, default=2000)
+    parser.add_argument("--spaced", type=int, default=40)
     args = parser.parse_args()
     ok, why = netns_supported()
     if not ok:
@@ -105,9 +137,22 @@ def main() -> int:
             for _ in range(args.changes):
                 results.setdefault("add one VM", []).append(timed(lambda: dp.reconcile(grown)))
                 results.setdefault("remove one VM", []).append(timed(lambda: dp.reconcile(base)))
+            for _ in range(args.spaced):  # the steering flush's dump runs in between
+                for plan in (grown, base):
+                    time.sleep(SPACING)
+                    results.setdefault("VM +/- spaced", []).append(timed(lambda: dp.reconcile(plan)))
             dp.flush()
-            dp.reconcile(gateway_plan(frozenset(list(srcs)[:10]), dsts[:10]), arm=True)
-            results["refresh"] = [timed(dp.refresh) for _ in range(args.refreshes)]
+            dp.reconcile(gateway_plan(srcs, dsts), arm=True)
+            caller, trip = [], []
+            for _ in range(args.refreshes):
+                t0 = time.perf_counter()
+                future = dp.refresh_nowait("bench", 60.0)
+                caller.append(time.perf_counter() - t0)
+                assert future.result(5)
+                trip.append(time.perf_counter() - t0)
+            results["refresh: caller"], results["refresh: armed"] = caller, trip
+            results["refresh @verify"] = refresh_during(dp, lambda: dp.reconcile(
+                gateway_plan(srcs, dsts), verify=True), args.runs)
             dp.flush()
         print(f"dataplane bench: {SOURCES} sources x {CIDRS} CIDRs, kernel {os.uname().release}")
         for label, samples in results.items():

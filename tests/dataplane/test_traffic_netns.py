@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from dpworld import (GA_PRIMARY, SERVICE, VIP, VM1, VM2, WORKER_UPLINK, arp_answered, gateway,
-                     plan_for)
+                     plan_for, policy)
 
 from vipmgr.config.timers import Timers
 from vipmgr.dataplane.reconcile import Dataplane
@@ -160,3 +160,21 @@ def test_deadman_frozen_holder_stops_snat_and_arp(world, tmp_path: Path):
         os.kill(holder.pid, signal.SIGCONT)
         time.sleep(0.1)
         assert arp_answered(world["echo"], "eth0", VIP) == mac_a, "resumed holder re-arms"
+
+
+def test_newly_steered_vm_loses_its_masqueraded_flows_one_dump_per_burst(world):
+    w_ns = world["w"]
+    with Dataplane(world["ga"].name, LONG) as ga, Dataplane(w_ns.name, LONG) as w:
+        ga.reconcile(plan_for("ga", {"egw": "ga"}), arm=True)
+        w.reconcile(plan_for("w", {"egw": "ga"}, policies=[policy(app="nobody")]))
+        assert world.udp("vm1", range(1, 3)) == [WORKER_UPLINK] * 2, "not selected yet"
+        assert (VM1, SERVICE, WORKER_UPLINK) in entries(w_ns)
+        # selected: the masqueraded flow is dropped at once and deleted in the background;
+        # a second change in the same burst is served by the same dump
+        first = w.reconcile(plan_for("w", {"egw": "ga"}))
+        second = w.reconcile(plan_for("w", {"egw": "ga"}, policies=[
+            policy(), policy("pol2", app="frontend")]))
+        assert first.steer_flush is second.steer_flush is not None
+        assert first.steer_flush.result(5) == {"steer egw (pol)": 1, "steer egw (pol2)": 0}
+        assert (VM1, SERVICE, WORKER_UPLINK) not in entries(w_ns)
+        assert world.udp("vm1", range(3, 5)) == [VIP] * 2

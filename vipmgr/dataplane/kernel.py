@@ -53,11 +53,19 @@ def _enter_netns(name: str) -> None:
 class NetnsThread:
     """One thread bound to a network namespace; ``call`` runs a function there and waits."""
 
-    def __init__(self, netns: str | None, name: str = "vipmgr-kernel") -> None:
+    def __init__(self, netns: str | None, name: str = "vipmgr-kernel", nice: int = 0) -> None:
+        """``nice`` > 0 lowers this thread's CPU priority (Linux: per thread), for work
+        that must not compete with the agent's own threads."""
         if netns is not None and not os.path.exists(os.path.join(NETNS_RUN_DIR, netns)):
             raise KernelError(f"network namespace {netns!r} does not exist")
         self.netns = netns
-        init = (lambda: _enter_netns(netns)) if netns is not None else None
+
+        def init() -> None:
+            if netns is not None:
+                _enter_netns(netns)
+            if nice:
+                os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + nice)
+
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name,
                                                            initializer=init)
         self._ident: int = self._pool.submit(threading.get_ident).result()
