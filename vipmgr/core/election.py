@@ -28,9 +28,8 @@ from vipmgr.core.messages import (
     OK, REFUSED, ROLE_ACTIVE, ROLE_STANDBY, UNREACHABLE, Acquire, Action, Advert, Answer,
     Confirm, Cordoned, Depose, DropChallenge, EtcdResult, EtcdView, Event,
     GrantLease, HealthChanged, Heartbeat, KeepAlive, MembersChanged, Note, PostChallenge,
-    Program, Release,
-    RevokeLease, RoleChanged, SendAdvert, Shutdown, Start, SwitchoverRequested, Tick, Vacate,
-    Watch, WatchUpdate, Withdraw,
+    Program, Release, RevokeLease, RoleChanged, SendAdvert, Shutdown, Start,
+    SwitchoverRequested, Tick, Vacate, Watch, WatchUpdate, Withdraw,
 )
 from vipmgr.core.placement import rank_key
 
@@ -574,6 +573,7 @@ class Election:
         view = self.view
         self._goto(Cause.LOST, why)
         self.epoch = 0
+        self._carried = NEVER  # earned for that epoch only
         if view.epoch == 0 and view.term_node == self.cfg.node and not view.vacated \
                 and view.term_rev:
             self._etcd("vacate", Vacate, term_rev=view.term_rev)
