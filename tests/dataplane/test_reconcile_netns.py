@@ -79,7 +79,7 @@ def test_worker_steering_exact(world):
         dp.reconcile(to_ga)
         assert_exactly(dp, to_ga)
         slot = to_ga.steering[0].slot
-        assert f"default via 198.51.100.11 dev eth0" in w.ip("route", "show", "table",
+        assert "default via 198.51.100.11 dev eth0" in w.ip("route", "show", "table",
                                                               str(7600 + slot)).stdout
         assert f"fwmark 0x{slot << 16:x}/0xff0000 lookup {7600 + slot}" in w.ip("rule").stdout
         dp.reconcile(nobody)

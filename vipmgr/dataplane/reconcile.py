@@ -8,12 +8,12 @@ source:
 1. addresses of released VIPs go first (stop owning the address);
 2. routes and rules are added/replaced before nft starts marking into them;
 3. new VIP addresses are added;
-4. ONE nft transaction: sets, elements, chains, and (``arm=True``) the
-   dead-man arming, so a take is served from the same instant;
+4. ONE nft transaction: sets, elements, chains, and (``arm``) the dead-man
+   arming of the gateways taken, so a take is served from the same instant;
 5. targeted conntrack deletion (``vipmgr.dataplane.conntrack``) for a take or a
-   leave; for newly steered VMs it runs in the background (the steering chain
-   already drops their flows NATed by this node, the deletion only lets them
-   restart sooner; a conntrack dump costs ~20 ms even when empty);
+   leave; for newly steered VMs it runs in the background, one dump per burst
+   (the steering chain already drops their flows NATed by this node, the
+   deletion only lets them restart sooner; a dump costs ~13 ms even when empty);
 6. routes and rules nft no longer uses are removed;
 7. gratuitous ARP for newly added VIPs, on the background thread so the
    agent's ``refresh()`` is never stuck behind a burst.
@@ -23,10 +23,12 @@ costs one small nft batch; ``verify=True`` re-reads everything first (the agent
 does that periodically and after any error).
 
 Kernel dead-man switch: every gate and every ARP answer for a VIP depends on an
-element that expires ``deadman_timeout`` after the last ``refresh()``. A frozen
-or killed agent refreshes nothing, so its node stops forwarding the gateway's
-traffic (the gate drops it before SNAT) and stops answering ARP for the VIP by
-itself. ``refresh()`` is one tiny nft transaction (~50 µs, see bench).
+element that expires by itself at the time the last refresh of that gateway
+gave it (at most ``deadman_timeout``). A frozen or killed agent refreshes
+nothing, so its node stops forwarding the gateway's traffic (the gate drops it
+before SNAT) and stops answering ARP for the VIP by itself. The refresh runs on
+its own thread as one hand-built netlink transaction (``nftarm``, ~50 µs), so a
+reconcile in progress never delays it.
 """
 
 from __future__ import annotations
@@ -100,8 +102,11 @@ def desired_routes(plan: NodePlan) -> tuple[set[tuple[str, str]], dict[RouteKey,
 class Dataplane:
     """vipmgr's kernel state on one node (optionally inside network namespace ``netns``).
 
-    Methods are synchronous; the agent calls ``reconcile`` through
-    ``asyncio.to_thread`` and ``refresh`` inline (it costs tens of microseconds).
+    Three threads per instance: the kernel thread (reconcile, read, show), the
+    arming thread (dead-man refreshes) and background threads (GARP, conntrack).
+    The ``*_nowait`` methods return futures at once; the agent awaits
+    ``reconcile_nowait`` with ``asyncio.wrap_future`` and calls ``refresh_nowait``
+    inline (a few µs).
     """
 
     def __init__(self, netns: str | None = None,
