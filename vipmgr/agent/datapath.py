@@ -88,16 +88,23 @@ class NodeDatapath:
             self._dirty.set()  # the take is in flight or its arming came too late: arm again
 
     def _refreshed(self, gateway: str, future) -> None:
-        """Runs on the arming thread: count, or ask for a kernel re-read on a failure."""
+        """Runs on the arming thread: hand the outcome to the event loop."""
+        self._loop.call_soon_threadsafe(self._refresh_outcome, gateway, future)
+
+    def _refresh_outcome(self, gateway: str, future) -> None:
         exc = future.exception()
-        if exc is None:
-            if future.result():
-                self.metrics.deadman_refreshed(gateway)
+        if exc is None and future.result():
+            self.metrics.deadman_refreshed(gateway)
             return
-        self.error = f"dead-man refresh failed: {exc}"
+        if exc is None and gateway not in self._armed:
+            return  # withdrawn meanwhile: the refusal was expected
+        # The kernel refused a gateway we armed (our table was flushed?) or failed:
+        # re-read the kernel and arm it again with the next reconcile.
+        self.error = f"dead-man refresh of {gateway} failed: {exc or 'refused by the kernel'}"
         LOG.error(self.error, extra={"node": self.node, "gateway": gateway})
+        self._armed.discard(gateway)
         self._verify_next = True
-        self._loop.call_soon_threadsafe(self._dirty.set)
+        self._dirty.set()
 
     def withdraw(self, gateway: str) -> int:
         """Stop serving ``gateway``; returns the generation ``settled`` waits for."""
