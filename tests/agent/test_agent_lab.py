@@ -168,6 +168,7 @@ def test_etcd_restart_keeps_the_active_node(lab):
 
 def test_agent_leaves_and_rejoins_as_labels_change(lab):
     holder = active(lab)
+    epoch = status(lab)[1]["epoch"]
     standby = next(n for n in GWS if n != holder)
     vipmgr(lab, "label", "node", standby, "node-role.deckhouse.io/egress-")
     try:
@@ -179,6 +180,8 @@ def test_agent_leaves_and_rejoins_as_labels_change(lab):
     wait_for(lambda: any(m["node"] == standby and m["role"] == "standby"
                          for m in status(lab)[1].get("members", [])), 5, f"{standby} rejoining")
     healthy_again(lab)
+    # Another node leaving and rejoining is no reason for the active to hand over.
+    assert (active(lab), status(lab)[1]["epoch"]) == (holder, epoch)
 
 
 def test_metrics_endpoint_exposes_the_families(lab):

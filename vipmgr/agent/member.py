@@ -26,6 +26,7 @@ from vipmgr.core.messages import (
     Event,
     HealthChanged,
     Heartbeat,
+    MembersChanged,
     Note,
     Program,
     RoleChanged,
@@ -101,11 +102,10 @@ class GatewayMember:
         self.info = MemberInfo(interface, egress_ip)
         failover = gateway.failover
         self.timers = failover.timers
-        self.config = ElectionConfig(
+        self.election = Election(ElectionConfig(
             gateway=gateway.name, node=ctx.node, members=members, priority=priority,
             timers=failover.timers, on_etcd_loss=failover.on_etcd_loss,
-            preempt=failover.preempt, preempt_delay=failover.preempt_delay)
-        self.election = Election(self.config)
+            preempt=failover.preempt, preempt_delay=failover.preempt_delay))
         self.executor = AuthorityExecutor(client, gateway.name, ctx.node, prefix=ctx.prefix,
                                           timeout=failover.timers.etcd_timeout,
                                           on_update=self._on_watch)
@@ -161,6 +161,12 @@ class GatewayMember:
 
     def set_cordoned(self, cordoned: bool) -> None:
         self.feed(Cordoned(cordoned))
+
+    def set_members(self, members: tuple[str, ...], priority: int) -> None:
+        """Another node joined or left, or priorities were edited: no handover needed."""
+        cfg = self.election.cfg
+        if members != cfg.members or priority != cfg.priority:
+            self.feed(MembersChanged(members, priority))
 
     def switchover(self, target: str | None) -> None:
         self.feed(SwitchoverRequested(target))
@@ -274,7 +280,7 @@ class GatewayMember:
         return GatewayMemberStatus(
             gateway=self.name, node=self.ctx.node,
             role="active" if self.serving else self.role, epoch=self.election.epoch,
-            since=self.info.since, priority=self.config.priority, eligible=eligible,
+            since=self.info.since, priority=self.election.cfg.priority, eligible=eligible,
             reasons=reasons, egress_ip=self.info.egress_ip or "",
             interface=self.info.interface or "", heard_peers=heard,
             heartbeat_path_ok=self.info.heartbeat_path_ok, etcd_ok=self.election.etcd_ok,

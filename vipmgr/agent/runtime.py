@@ -276,12 +276,16 @@ class Agent:
                     self._join(gw)
                 else:
                     member.gateway = gw
+                    member.set_members(self.snapshot.members_of(gw),
+                                       node_priority(gw.name, self.node, gw.failover.priorities))
             self.receiver.set_gateways({name: m.vrid for name, m in self.members.items()})
             self._update_eligibility()
 
-    def _member_key(self, gw: EgressGateway) -> tuple:
-        """What, when it changes, needs a new election instance (a graceful handover)."""
-        return (gw.source_ip, gw.failover, gw.vrid, self.snapshot.members_of(gw))
+    @staticmethod
+    def _member_key(gw: EgressGateway) -> tuple:
+        """What, when it changes, needs a new election instance (a graceful handover);
+        members and priorities change live (MembersChanged)."""
+        return (gw.source_ip, replace(gw.failover, priorities={}), gw.vrid)
 
     def _join(self, gw: EgressGateway) -> None:
         me = self.snapshot.nodes[self.node]
