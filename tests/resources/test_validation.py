@@ -1,6 +1,5 @@
 """Bad input is rejected with the field path and the fix; good input round-trips."""
 
-import textwrap
 
 import pytest
 

@@ -156,7 +156,7 @@ def test_tshark_decodes_vrrpv3(tmp_path, advert, keys, write_pcap):
          "-e", "vrrp.prio", "-e", "vrrp.ip_addr", "-e", "vrrp.checksum.status"],
         capture_output=True, text=True, timeout=60, check=True).stdout.split()
     # checksum.status 1 = "Good": the checksum covers our trailer the way tshark computes it.
-    assert out == [f"255,3,1,42,200,198.51.100.10,1",
+    assert out == ["255,3,1,42,200,198.51.100.10,1",
                    f"255,3,1,{derived_vrid('egress-2')},90,198.51.100.10,1"]
 
 
