@@ -46,11 +46,19 @@ class Timers:
         return (1 + self.max_clock_drift) / (1 - self.max_clock_drift)
 
     @property
+    def listen_time(self) -> float:
+        """How long a node that just started (or just began hearing a peer) listens before
+        it trusts its view of who outranks whom: suspectAfter standby adverts, the same
+        horizon within which a standby peer counts as heard."""
+        return self.suspect_after * self.standby_advert_interval
+
+    @property
     def liveness_bound(self) -> float:
         """After every fault heals, an eligible node is active within this (lease expiry
-        plus one suspect-challenge round plus a few etcd round trips)."""
+        plus one suspect-challenge round plus a few etcd round trips; a node that restarts
+        at the heal listens for ``listen_time`` first)."""
         return self.lease_ttl + 2 * (self.suspect_time + self.challenge_window) \
-            + 8 * self.etcd_timeout + 2 * self.standby_advert_interval
+            + 8 * self.etcd_timeout + 2 * self.standby_advert_interval + self.listen_time
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], path: str = "spec.failover.timers") -> "Timers":

@@ -143,6 +143,7 @@ class ElectionConfig:
 class _Peer:
     advert: Advert
     heard_at: float
+    since: float            # start of the current unbroken run of hearing it
     echo: float = NEVER     # latest stamp of ours this peer echoed while we were active
 
 
@@ -160,6 +161,11 @@ class Election:
         self._challenge_backoff = 5 * (self._S + self._W)
         # We always have a timer within standbyAdvertInterval; a longer silence is a pause.
         self._pause_gap = 2 * t.standby_advert_interval + t.advert_interval
+        self._listen = t.listen_time
+        # Challenged by a node that hears others, the holder answers if it heard a peer
+        # within _answer_quiet and is the isolated one once it heard none for _deaf_after.
+        self._answer_quiet = self._S - t.advert_interval
+        self._deaf_after = max(self._S, t.standby_advert_interval + t.advert_interval)
         self._others = tuple(m for m in config.members if m != config.node)
         # Removed members whose echo we still require until the given instant (our clock).
         self._leaving: dict[str, float] = {}
@@ -174,6 +180,8 @@ class Election:
         self.cordoned = False
         self.stopping = False
         self._started = False
+        self._started_at = NEVER
+        self._deaf_from = NEVER  # silence before this (start, a pause) proves nothing
         self._op = 0
         self._pending: dict[int, tuple[str, float]] = {}  # op_id -> (kind, issued at)
         self._peers: dict[str, _Peer] = {}
@@ -236,6 +244,7 @@ class Election:
         listen again for a suspect time before any takeover. The active needs nothing
         here: its evidence already lapsed and etcd must confirm it first."""
         self._emit(Note("paused", f"{gap * 1e3:.0f} ms"))
+        self._deaf_from = self._now + gap
         if self.role not in DATAPATH_ROLES:
             self._active_heard_at = self._now + gap
 
@@ -284,6 +293,7 @@ class Election:
         self._etcd("lease", GrantLease, ttl=self.cfg.timers.lease_ttl)
         self._etcd("watch", Watch)
         self._active_heard_at = self._now  # listen for a suspect time before acting
+        self._started_at = self._deaf_from = self._now
         self._timers["advert"] = self._now
         self._timers["keepalive"] = self._now + self.cfg.timers.lease_ttl / 3
 
@@ -295,9 +305,15 @@ class Election:
         now = self._now
         peer = self._peers.get(adv.node)
         if peer is None:
-            peer = self._peers[adv.node] = _Peer(adv, now)
+            peer = self._peers[adv.node] = _Peer(adv, now, now)
         else:
+            if now - peer.heard_at >= self._listen:
+                peer.since = now
             peer.advert, peer.heard_at = adv, now
+        if "deaf" in self._timers and adv.node in self._others:
+            # A challenge waits for word on our own hearing: this is it.
+            del self._timers["deaf"]
+            self._holder_challenged()
         if adv.echo_node == self.cfg.node and adv.echo_stamp <= now \
                 and self.role in (Role.ACTIVE, Role.VRRP_ACTIVE) and adv.echo_stamp > peer.echo:
             peer.echo = adv.echo_stamp
@@ -535,9 +551,21 @@ class Election:
                 self._goto(Cause.ANSWERED, str(view.holder))
 
     def _handle_challenges(self, view: EtcdView) -> bool:
-        """As holder: answer, yield or hand over. True when nothing is left pending."""
+        """As holder: answer, yield or hand over. True when nothing is left pending.
+
+        The isolated-side rule needs our hearing *now*, not within the standby horizon:
+        a challenger hearing others stopped hearing us at least ``S - advertInterval``
+        after we last heard anyone if our heartbeat link died, so a peer heard more
+        recently than that proves our receive path outlived its silence (the path is
+        broken, not us: answer), and no peer for ``_deaf_after`` proves we are the deaf
+        one (yield to the challenger). In between we wait for the next advert, within
+        the window."""
         settled = True
-        isolated = len(self._others) > 1 and not self._heard_peers()
+        isolated: bool | None = False
+        if len(self._others) > 1 and self.role in (Role.ACTIVE, Role.FENCED) and any(
+                ch.hears > 0 and not ch.answered and ch.epoch == self.epoch
+                and ch.challenger != self.cfg.node for ch in view.challenges):
+            isolated = self._isolated()
         for ch in view.challenges:
             if ch.answered or ch.epoch != self.epoch or ch.challenger == self.cfg.node:
                 continue
@@ -545,13 +573,36 @@ class Election:
             if ch.preempt and ch.priority > self.cfg.priority and self.role is Role.ACTIVE:
                 self._release(ch.challenger, "preempted")
                 return False
-            if isolated and ch.hears > 0 and self.role in (Role.ACTIVE, Role.FENCED):
-                self._release(None, f"isolated: {ch.challenger} hears {ch.hears} peers")
+            if ch.hears > 0 and isolated:
+                self._release(ch.challenger, f"isolated: heard no peer for "
+                              f"{self._deaf_after * 1e3:.0f} ms, {ch.challenger} hears "
+                              f"{ch.hears}")
                 return False
+            if ch.hears > 0 and isolated is None:
+                continue
             if ch.rev not in self._answering:
                 self._answering.add(ch.rev)
                 self._etcd("answer", Answer, epoch=self.epoch, challenge=ch)
         return settled
+
+    def _isolated(self) -> bool | None:
+        """True: no member heard for ``_deaf_after`` (counted from Start or a pause at
+        the earliest); False: one heard within ``_answer_quiet``; None: not known yet,
+        decided by the next member advert or the "deaf" timer."""
+        peers, now = self._peers, self._now
+        last = max((peers[m].heard_at for m in self._others if m in peers), default=NEVER)
+        if now - last < self._answer_quiet:
+            return False
+        deaf_at = max(last, self._deaf_from) + self._deaf_after
+        if now >= deaf_at:
+            return True
+        self._timers["deaf"] = deaf_at
+        return None
+
+    def _holder_challenged(self) -> None:
+        """Re-decide pending challenges (a member was heard, or the deaf time passed)."""
+        if self.role in (Role.ACTIVE, Role.FENCED) and self.view.epoch == self.epoch:
+            self._handle_challenges(self.view)
 
     def _eligibility_changed(self, why: str) -> None:
         if self.eligible:
@@ -616,16 +667,27 @@ class Election:
                     if name in heard and p.advert.eligible), default=None)
         return best[1] if best else None
 
+    def _outranked_by(self) -> list[_Peer]:
+        """The eligible standbys we hear that rank better than us."""
+        mine = rank_key(self.cfg.priority, self.cfg.node)
+        now, horizon, peers = self._now, self._listen, self._peers
+        return [p for p in (peers[m] for m in self._others if m in peers)
+                if now - p.heard_at < horizon and p.advert.eligible
+                and p.advert.role != ROLE_ACTIVE
+                and rank_key(p.advert.priority, p.advert.node) < mine]
+
     def _rank(self) -> int:
         """0 when no eligible standby we hear outranks us: it acts first, others skew."""
-        mine = rank_key(self.cfg.priority, self.cfg.node)
-        now, horizon = self._now, self.cfg.timers.suspect_after \
-            * self.cfg.timers.standby_advert_interval
-        peers = self._peers
-        return sum(1 for p in (peers[m] for m in self._others if m in peers)
-                   if now - p.heard_at < horizon and p.advert.eligible
-                   and p.advert.role != ROLE_ACTIVE
-                   and rank_key(p.advert.priority, p.advert.node) < mine)
+        return len(self._outranked_by())
+
+    def _listen_until(self) -> float:
+        """Placement needs ranks: act on free authority only once we know who outranks
+        us (every member heard since Start, else the listen time since Start), and give
+        a better-ranked peer we only just began to hear (it may have just started) the
+        same listen time to learn its own rank and act first."""
+        until = NEVER if all(m in self._peers for m in self._others) \
+            else self._started_at + self._listen
+        return max([until] + [p.since + self._listen for p in self._outranked_by()])
 
     def _reconsider(self) -> None:
         """Standby: decide whether to acquire, challenge, preempt or fall back to VRRP."""
@@ -661,12 +723,13 @@ class Election:
             if self._free_since is None or self._free_since[0] != view.term_rev:
                 self._free_since = (view.term_rev, self._now)
             if view.successor == me:
-                delay = 0.0
-            else:
-                delay = (self._rank() + (1 if view.successor else 0)) * adv
-                if view.vacated_by == me:
-                    delay += self._S + self._W  # we just handed it over: others first
-            timers["act"] = self._free_since[1] + delay
+                timers["act"] = self._free_since[1]
+                return
+            since = self._free_since[1]
+            if view.vacated_by == me:
+                since += self._S + self._W  # we just handed it over: others first
+            timers["act"] = max(since, self._listen_until()) \
+                + (self._rank() + (1 if view.successor else 0)) * adv
             return
         if self._silent_for(self._S):
             timers["act"] = max(self._active_heard_at + self._S, self._backoff_until) \
@@ -856,6 +919,7 @@ _TIMER_HANDLERS = {
     "keepalive": Election._tick_keepalive,
     "rewatch": Election._tick_rewatch,
     "suspect": Election._wake,
+    "deaf": Election._holder_challenged,
 }
 
 __all__ = ["Election", "ElectionConfig", "Role", "Cause", "TRANSITIONS", "VRRP_TRANSITIONS",
