@@ -53,16 +53,50 @@ def test_heartbeat_split_with_etcd_keeps_the_holder():
     assert any("heartbeat-path-broken" in line for line in out.trace)
 
 
-def test_isolated_holder_of_three_yields():
-    w0, _ = world([Episode("leader_change", 0.5, 0.0)])
-    holder = active_now(w0)[0]
-    idx = int(holder[1:]) - 1
-    w, out = world([Episode("hb_isolate", 0.8, 2.0, node=idx)])  # past one backoff
+def holder_index(nodes=3) -> int:
+    w0, _ = world([Episode("leader_change", 0.5, 0.0)], nodes=nodes)
+    return int(active_now(w0)[0][1:]) - 1
+
+
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_link_down_of_the_holder_fails_over_in_the_first_challenge(nodes):
+    """Its heartbeat interface loses carrier (nothing in, nothing out) while etcd is
+    fine: it heard nobody for S when the first challenge comes, so it yields to the
+    challenger at once instead of answering on stale hearing (one backoff, ~1.1 s)."""
+    holder = f"n{holder_index(nodes) + 1}"
+    w, out = world([Episode("isolate_active", 0.8, 0.4)], nodes=nodes)
     assert out.violations == []
+    (took,) = out.link_down
+    assert took < T.suspect_time + T.advert_interval + 0.015
     (new,) = active_now(w)
     assert new != holder
     assert any(f"{holder} gw1   active -> releasing (release: isolated" in line
                for line in out.trace)
+
+
+def test_holder_that_only_lost_its_transmit_path_keeps_the_role():
+    """Adverts from the holder are lost, it still hears both peers: the path is broken,
+    not the holder; it answers (status: heartbeat path broken) and keeps serving."""
+    idx = holder_index()
+    w, out = world([Episode("hb_oneway", 0.8, 1.5, node=idx, other=o)
+                    for o in range(3) if o != idx])
+    assert out.violations == []
+    assert programs_after(out, 100) == [] and active_now(w) == [f"n{idx + 1}"]
+    assert any("heartbeat-path-broken" in line for line in out.trace)
+    assert not any("release: isolated" in line for line in out.trace)
+
+
+@pytest.mark.parametrize("episode", ["standby_isolated", "split_two_two"])
+def test_holder_that_hears_a_peer_keeps_the_role(episode):
+    """A standby's own link is down, or the network splits 2 | 2: the holder still
+    hears someone and keeps the role; nobody else programs the datapath."""
+    nodes = 3 if episode == "standby_isolated" else 4
+    idx = holder_index(nodes)
+    ep = Episode("hb_isolate", 0.8, 1.5, node=(idx + 1) % nodes) \
+        if episode == "standby_isolated" else Episode("hb_split", 0.8, 1.5, other=2)
+    w, out = world([ep], nodes=nodes)
+    assert out.violations == []
+    assert programs_after(out, 100) == [] and active_now(w) == [f"n{idx + 1}"]
 
 
 def test_etcd_outage_under_hold_keeps_the_active_serving():

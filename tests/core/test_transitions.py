@@ -15,8 +15,8 @@ from vipmgr.core.election import (
     TRANSITIONS, VRRP_TRANSITIONS, Cause, Election, ElectionConfig, IllegalTransition, Role,
 )
 from vipmgr.core.messages import (
-    OK, ROLE_ACTIVE, ROLE_STANDBY, Advert, Answer, Cordoned, Depose, EtcdResult, GrantLease,
-    HealthChanged, Heartbeat, KeepAlive, PostChallenge, Program, Release, RevokeLease,
+    OK, ROLE_ACTIVE, ROLE_STANDBY, Acquire, Advert, Answer, Cordoned, Depose, EtcdResult,
+    GrantLease, HealthChanged, Heartbeat, KeepAlive, PostChallenge, Program, Release, RevokeLease,
     Shutdown, Start, SwitchoverRequested, Tick, Watch, WatchUpdate, Withdraw,
 )
 from vipmgr.sim.etcd import EtcdModel
@@ -185,18 +185,56 @@ def test_holder_answers_a_challenge_and_the_challenger_backs_off():
     assert not d.of(Depose)
 
 
-def test_isolated_holder_of_three_yields_to_a_challenger_that_hears_others():
+def challenged_holder(last_heard: float) -> tuple[Driver, Driver]:
+    """b holds (it heard a and c at 0, then c again at ``last_heard``); a, which hears
+    c but not b, challenges at S and b sees the challenge at once."""
     etcd = EtcdModel()
-    holder = active_driver(node="b", etcd=etcd)  # hears nobody
+    holder = active_driver(node="b", etcd=etcd)
     d = Driver(etcd=etcd)
     d.feed(Start(), 0.0)
     d.hear("c", role=ROLE_STANDBY, at=0.005)
+    if last_heard:
+        holder.run_until(last_heard)
+        holder.hear("c", role=ROLE_STANDBY)
+    holder.run_until(S)  # (its confirmations must not read the challenge early)
     d.run_until(S + 0.001)
     assert d.el.role is Role.CHALLENGING
     holder.feed(WatchUpdate(etcd.view(holder.keys)), d.now)
-    assert holder.el.role is Role.STANDBY and holder.of(Withdraw) and holder.of(Release)
-    d.feed(WatchUpdate(etcd.view(d.keys)))
-    assert d.el.role is Role.ACTIVE
+    return holder, d
+
+
+def test_holder_deaf_for_the_suspect_time_yields_to_the_challenger_at_once():
+    """Its heartbeat link is down: it heard nobody for S, the challenger hears others.
+    (It heard both peers within the standby horizon, which used to make it answer.)"""
+    holder, d = challenged_holder(last_heard=0.0)
+    assert holder.el.role is Role.STANDBY and holder.of(Withdraw)
+    assert [r.successor for r in holder.of(Release)] == ["a"] and not holder.of(Answer)
+    d.feed(WatchUpdate(d.etcd.view(d.keys)))
+    assert d.el.role is Role.ACTIVE  # named successor: no stagger
+
+
+def test_holder_that_still_hears_a_peer_answers():
+    """Heartbeat path broken (b -> a lost), b itself hears fine: it keeps the role."""
+    holder, _ = challenged_holder(last_heard=0.04)
+    assert holder.el.role is Role.ACTIVE and holder.of(Answer) and not holder.of(Release)
+
+
+@pytest.mark.parametrize("advert", [True, False], ids=["advert-comes", "silence"])
+def test_holder_in_doubt_waits_for_word_on_its_own_hearing(advert):
+    """Last heard c 66 ms before the challenge: between S - advertInterval and S, it
+    neither answers nor yields until the next advert (answer) or S of silence (yield)."""
+    holder, _ = challenged_holder(last_heard=0.015)
+    assert holder.el.role is Role.ACTIVE and not holder.of(Answer) \
+        and not holder.of(Release)
+    if advert:
+        holder.hear("c", role=ROLE_STANDBY, at=holder.now + 0.005)
+        assert holder.of(Answer) and holder.el.role is Role.ACTIVE
+    else:
+        holder.run_until(0.015 + S - 0.0005)
+        assert holder.el.role is Role.ACTIVE and not holder.of(Release)
+        holder.run_until(0.015 + S + 0.0005)
+        assert holder.el.role is Role.STANDBY and not holder.of(Answer)
+        assert [r.successor for r in holder.of(Release)] == ["a"]
 
 
 def test_two_node_holder_keeps_the_role_when_isolated():
@@ -276,3 +314,37 @@ def test_restart_hands_over_the_previous_incarnations_key():
     assert again.of(Release) and again.el.role is Role.STANDBY
     again.run_until(0.5 + S + W + 0.02)
     assert again.el.role is Role.ACTIVE
+
+
+# --- start-up: placement decides, not who started first ------------------------------
+
+L = T.listen_time
+
+
+def test_a_new_node_that_heard_nobody_listens_before_taking_free_authority():
+    d = Driver()
+    d.feed(Start(), 0.0)
+    d.run_until(L - 0.001)
+    assert d.el.role is Role.STANDBY and not d.of(Acquire)
+    d.run_until(L + 0.005)
+    assert d.el.role is Role.ACTIVE
+
+
+def test_a_lower_ranked_node_defers_to_a_better_one_that_just_started():
+    """b starts 30 ms after a and outranks it: b needs a listen time of its own to learn
+    that; a, which has heard everyone, still leaves it that long (plus its stagger)."""
+    d = Driver()
+    d.feed(Start(), 0.0)
+    d.hear("c", role=ROLE_STANDBY, priority=50, at=0.001)
+    d.hear("b", role=ROLE_STANDBY, priority=200, at=0.030)
+    deferred_until = 0.030 + L + T.advert_interval  # b's listen time, then a's stagger
+    t = 0.030
+    while t + T.standby_advert_interval < deferred_until:  # b and c keep advertising
+        t += T.standby_advert_interval
+        d.run_until(t)
+        d.hear("b", role=ROLE_STANDBY, priority=200)
+        d.hear("c", role=ROLE_STANDBY, priority=50)
+    d.run_until(deferred_until - 0.001)
+    assert not d.of(Acquire)
+    d.run_until(deferred_until + 0.005)
+    assert d.el.role is Role.ACTIVE  # b never took it: a does, late but live

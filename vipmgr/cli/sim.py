@@ -10,6 +10,7 @@ from vipmgr.config.errors import ConfigError
 from vipmgr.config.timers import Timers
 from vipmgr.sim.runner import Summary, run_many, run_one
 from vipmgr.sim.runner import soak as run_soak
+from vipmgr.sim.runner import startup as run_startup
 from vipmgr.sim.schedule import make_schedule
 
 
@@ -67,10 +68,14 @@ def _chunk(args: tuple) -> Summary:
               help="Instead of schedules: SECONDS of simulated calm under scheduling jitter "
                    "with --down members dead; prints spurious fences per active hour.")
 @click.option("--down", default=1, show_default=True, help="Dead members during --soak.")
+@click.option("--startup", type=int, default=None, metavar="COUNT",
+              help="Instead of schedules: COUNT calm worlds whose nodes (the largest of "
+                   "--nodes) start within 30 ms; prints how often each of the largest of "
+                   "--gateways got its best-ranked node active. Exits 1 below 99%.")
 @click.option("--unsafe", multiple=True, type=click.Choice(["challenge", "fence"]), hidden=True,
               help="Test only: disable one protection to show the checker catches it.")
 def sim(schedules: int, seed: int, nodes: str, gateways: str, jobs: int, replay: int | None,
-        timer_pairs: tuple[str, ...], soak: float | None, down: int,
+        timer_pairs: tuple[str, ...], soak: float | None, down: int, startup: int | None,
         unsafe: tuple[str, ...]) -> None:
     """Deterministic fault simulator: crash, freeze, partitions, etcd loss, loss/dup/
     reordering, drift, health flaps, cordon, membership and priority changes, scheduling
@@ -85,6 +90,10 @@ def sim(schedules: int, seed: int, nodes: str, gateways: str, jobs: int, replay:
                                      param_hint="--down")
         click.echo(run_soak(soak, seed, node_range[1], gw_range[1], down, timers).line())
         return
+    if startup is not None:
+        placed = run_startup(startup, seed, node_range[1], gw_range[1], timers=timers)
+        click.echo(placed.line())
+        sys.exit(1 if placed.violations or placed.best_ranked < 0.99 * placed.gateways else 0)
     if replay is not None:
         sched = make_schedule(replay, node_range, gw_range)
         click.echo(f"schedule {replay}: nodes={','.join(sched.nodes)} "

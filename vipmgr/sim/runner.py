@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
 
 from vipmgr.config.timers import Timers
+from vipmgr.core.placement import ranked_nodes
 from vipmgr.sim.schedule import Schedule, make_schedule
 from vipmgr.sim.world import Outcome, World, percentile
 
@@ -22,8 +24,12 @@ class Summary:
     # handover times of schedules without jitter, and (jitter_*) of those with it
     crash_failover: list[float] = field(default_factory=list)
     graceful: list[float] = field(default_factory=list)
+    link_down: list[float] = field(default_factory=list)
     jitter_crash_failover: list[float] = field(default_factory=list)
     jitter_graceful: list[float] = field(default_factory=list)
+    jitter_link_down: list[float] = field(default_factory=list)
+    placed: int = 0
+    placed_best: int = 0
     wall: float = 0.0
 
     def add(self, out: Outcome) -> None:
@@ -32,19 +38,21 @@ class Summary:
         if out.violations:
             self.failing.append(out)
         self.vrrp_dual += out.vrrp_dual
-        if out.jitter:
-            self.jitter_crash_failover += out.crash_failover
-            self.jitter_graceful += out.graceful
-        else:
-            self.crash_failover += out.crash_failover
-            self.graceful += out.graceful
+        self.placed += out.placed
+        self.placed_best += out.placed_best
+        prefix = "jitter_" if out.jitter else ""
+        for name in ("crash_failover", "graceful", "link_down"):
+            getattr(self, prefix + name).extend(getattr(out, name))
 
     def merge(self, other: "Summary") -> None:
         self.schedules += other.schedules
         self.violations += other.violations
         self.failing += other.failing
         self.vrrp_dual += other.vrrp_dual
-        for name in ("crash_failover", "graceful", "jitter_crash_failover", "jitter_graceful"):
+        self.placed += other.placed
+        self.placed_best += other.placed_best
+        for name in ("crash_failover", "graceful", "link_down", "jitter_crash_failover",
+                     "jitter_graceful", "jitter_link_down"):
             getattr(self, name).extend(getattr(other, name))
 
     @staticmethod
@@ -52,12 +60,18 @@ class Summary:
         return f"{percentile(values, q) * 1e3:.1f}"
 
     def details(self) -> str:
-        """The line before the summary: graceful handovers, and everything under jitter."""
+        """The line before the summary: graceful handovers, link-down of the active's
+        heartbeat interface, start-up placement, and everything under jitter."""
         p = self.pct
+        best = 100 * self.placed_best / self.placed if self.placed else math.nan
         return (f"graceful_p50_ms={p(self.graceful, 50)} graceful_p99_ms={p(self.graceful, 99)} "
+                f"linkdown_p50_ms={p(self.link_down, 50)} "
+                f"linkdown_p99_ms={p(self.link_down, 99)} "
+                f"startup_best_ranked_pct={best:.2f} "
                 f"jitter_failover_p50_ms={p(self.jitter_crash_failover, 50)} "
                 f"jitter_failover_p99_ms={p(self.jitter_crash_failover, 99)} "
                 f"jitter_graceful_p99_ms={p(self.jitter_graceful, 99)} "
+                f"jitter_linkdown_p99_ms={p(self.jitter_link_down, 99)} "
                 f"vrrp_double_fault_dual_active={self.vrrp_dual}")
 
     def line(self) -> str:
@@ -125,3 +139,52 @@ def soak(seconds: float, seed: int = 1, nodes: int = 3, gateways: int = 1, down:
     out = world.run()
     return Soak(seconds, gateways, out.spurious_fences, out.spurious_challenges,
                 out.datapath_gaps)
+
+
+@dataclass
+class Startup:
+    """Nodes starting at nearly the same instant: does placement decide who is active?"""
+
+    schedules: int = 0
+    gateways: int = 0
+    best_ranked: int = 0   # gateways whose active is their best-ranked node
+    shared: int = 0        # schedules where one node is active for two gateways or more
+    shared_expected: int = 0  # ... where the placement itself puts two on one node
+    violations: int = 0
+
+    def line(self) -> str:
+        return (f"startup_schedules={self.schedules} gateways={self.gateways} "
+                f"best_ranked={self.best_ranked} "
+                f"best_ranked_pct={100 * self.best_ranked / max(1, self.gateways):.2f} "
+                f"shared_active={self.shared} shared_by_placement={self.shared_expected} "
+                f"violations={self.violations}")
+
+
+def startup(count: int, seed: int = 1, nodes: int = 3, gateways: int = 2,
+            spread: float = 0.03, jitter_share: float = 0.3,
+            timers: Timers | None = None) -> Startup:
+    """``count`` calm worlds whose nodes all start within ``spread``; gateway names vary
+    per schedule so each gets its own rendezvous ranking."""
+    timers = timers or Timers()
+    result = Startup()
+    for i in range(count):
+        rng = random.Random(seed + i)
+        names = [f"n{k + 1}" for k in range(nodes)]
+        gws = [f"gw{seed + i}-{k + 1}" for k in range(gateways)]
+        drift = timers.max_clock_drift / 2
+        schedule = Schedule(seed + i, names, gws, "hold",
+                            [rng.uniform(-drift, drift) for _ in names],
+                            [rng.uniform(0, 1000) for _ in names], [], 0.0,
+                            jitter=rng.random() < jitter_share, start_spread=spread)
+        world = World(schedule, timers)
+        out = world.run()
+        world.check_placement()
+        result.schedules += 1
+        result.gateways += out.placed
+        result.best_ranked += out.placed_best
+        result.violations += len(out.violations)
+        actives = [world.active_of(gw) for gw in gws]
+        tops = [ranked_nodes(gw, names)[0] for gw in gws]
+        result.shared += len(set(actives)) < len(actives)
+        result.shared_expected += len(set(tops)) < len(tops)
+    return result

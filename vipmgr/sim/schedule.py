@@ -9,8 +9,10 @@ from dataclasses import dataclass
 FAULTS = ("crash", "freeze", "hb_isolate", "hb_split", "hb_oneway", "etcd_cut", "etcd_outage",
           "hb_loss", "hb_dup", "hb_delay", "leader_change", "health_flap", "cordon",
           "unlabel", "reprioritize")
-# One calm, measured handover per schedule: crash of the active or a graceful path.
-MEASURED = ("crash_active", "switchover", "shutdown_active", "cordon_active", "health_active")
+# One calm, measured handover per schedule: crash of the active, a graceful path, or
+# (three nodes or more) link-down of the active's heartbeat interface.
+MEASURED = ("crash_active", "switchover", "shutdown_active", "cordon_active", "health_active",
+            "isolate_active")
 HB_FAULTS = frozenset({"hb_isolate", "hb_split", "hb_oneway", "hb_loss", "hb_delay"})
 
 
@@ -47,6 +49,8 @@ class Episode:
             "shutdown_active": f"SIGTERM the active of {gateways[self.gateway]}",
             "cordon_active": f"cordon the active of {gateways[self.gateway]}",
             "health_active": f"health failure on the active of {gateways[self.gateway]}",
+            "isolate_active": f"heartbeat link of the active of {gateways[self.gateway]} "
+                              "goes down",
         }[self.kind]
         span = f" for {self.duration * 1e3:.0f} ms" if self.kind not in (
             "crash", "freeze", "leader_change") and self.duration else ""
@@ -64,6 +68,7 @@ class Schedule:
     episodes: list[Episode]
     faults_end: float      # every fault has healed by then
     jitter: bool = False   # scheduling stalls and slow etcd replies (see world.Jitter)
+    start_spread: float = 0.05  # each node's process starts at a random instant within
 
 
 WARMUP = 0.8        # initial election settles
@@ -83,7 +88,9 @@ def make_schedule(seed: int, nodes_range: tuple[int, int] = (2, 5),
     policy = "vrrp" if rng.random() < vrrp_share else "hold"
     drift = [rng.uniform(-max_drift / 2, max_drift / 2) for _ in nodes]
     offsets = [rng.uniform(0, 1000) for _ in nodes]
-    episodes = [Episode(rng.choice(MEASURED), MEASURE_AT, 0.4, gateway=rng.randrange(g))]
+    # A two-node group keeps its holder on link-down (no majority): nothing to measure.
+    measured = rng.choice(MEASURED if n > 2 else MEASURED[:-1])
+    episodes = [Episode(measured, MEASURE_AT, 0.4, gateway=rng.randrange(g))]
     end = MEASURE_AT + 0.4
     for _ in range(rng.randint(1, 3)):
         kind = rng.choice(FAULTS)

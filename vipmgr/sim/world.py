@@ -20,7 +20,7 @@ from vipmgr.core.messages import (
     KeepAlive, MembersChanged, Note, Program, RevokeLease, RoleChanged, SendAdvert, Shutdown,
     Start, SwitchoverRequested, Tick, Watch, WatchUpdate, Withdraw,
 )
-from vipmgr.core.placement import node_priority
+from vipmgr.core.placement import node_priority, ranked_nodes
 from vipmgr.sim.etcd import EtcdModel
 from vipmgr.sim.schedule import HB_FAULTS, Episode, Schedule
 from vipmgr.store.authority import GatewayKeys, plan
@@ -86,6 +86,11 @@ class Outcome:
     vrrp_dual: int = 0
     crash_failover: list[float] = field(default_factory=list)
     graceful: list[float] = field(default_factory=list)
+    link_down: list[float] = field(default_factory=list)  # active's heartbeat link cut
+    # start-up placement: gateways checked when the calm start ends, and how many of
+    # them had their best-ranked node active
+    placed: int = 0
+    placed_best: int = 0
     trace: list[str] = field(default_factory=list)
     sim_time: float = 0.0
     jitter: bool = False
@@ -144,7 +149,7 @@ class World:
     def run(self) -> Outcome:
         s = self.s
         for node in self.nodes:
-            self.at(self.rng.uniform(0, 0.05), self._start_node, node)
+            self.at(self.rng.uniform(0, s.start_spread), self._start_node, node)
             if self.jitter:
                 self.at(self.rng.expovariate(self.jitter.stall_rate), self._stall, node)
         for ep in s.episodes:
@@ -338,8 +343,8 @@ class World:
                                 f"still effective")
         m = self.measure
         if m is not None and m[1] == gw and node.name != m[2]:
-            (self.out.crash_failover if m[0] == "crash_active" else self.out.graceful) \
-                .append(t - m[3])
+            {"crash_active": self.out.crash_failover, "isolate_active": self.out.link_down} \
+                .get(m[0], self.out.graceful).append(t - m[3])
             self.measure = None
 
     def _role_changed(self, node: SimNode, gw: str, a: RoleChanged) -> None:
@@ -478,22 +483,16 @@ class World:
                 node.frozen = True
             elif not starting and node.frozen:
                 self._resume(node)
-        elif kind in ("hb_isolate", "hb_split", "hb_oneway"):
-            if kind == "hb_isolate":
-                links = [(node.name, n) for n in names if n != node.name]
-                links += [(b, a) for a, b in links]
-            elif kind == "hb_split":
+        elif kind == "hb_isolate":
+            self._isolate(node, starting)
+        elif kind in ("hb_split", "hb_oneway"):
+            if kind == "hb_split":
                 left, right = names[:ep.other], names[ep.other:]
                 links = [(a, b) for a in left for b in right] + \
                         [(b, a) for a in left for b in right]
             else:
                 links = [(node.name, names[ep.other])]
-            for link in links:
-                count = self.blocked.get(link, 0) + (1 if starting else -1)
-                if count:
-                    self.blocked[link] = count
-                else:
-                    self.blocked.pop(link, None)
+            self._block(links, starting)
         elif kind in ("hb_loss", "hb_dup", "hb_delay"):
             if starting:
                 self._hb_faults.append(ep)
@@ -530,6 +529,19 @@ class World:
         else:
             self._measured(ep, starting)
         self._track_double_fault()
+
+    def _isolate(self, node: SimNode, starting: bool) -> None:
+        """The node's heartbeat interface loses carrier: nothing in, nothing out."""
+        links = [(node.name, n) for n in self.s.nodes if n != node.name]
+        self._block(links + [(b, a) for a, b in links], starting)
+
+    def _block(self, links: list[tuple[str, str]], starting: bool) -> None:
+        for link in links:
+            count = self.blocked.get(link, 0) + (1 if starting else -1)
+            if count:
+                self.blocked[link] = count
+            else:
+                self.blocked.pop(link, None)
 
     def _track_double_fault(self) -> None:
         # A frozen process neither sends nor hears heartbeats: to its peers it is cut off.
@@ -583,14 +595,15 @@ class World:
             self._crash(node)
         self.last_disturbance = self.t
 
-    def _active_of(self, gw: str) -> str | None:
+    def active_of(self, gw: str) -> str | None:
         live = [n for n, exp in self.kernel[gw].items() if exp > self.t]
         return live[0] if len(live) == 1 else None
 
     def _measured(self, ep: Episode, starting: bool) -> None:
         gw = self.s.gateways[ep.gateway]
         if starting:
-            name = self._active_of(gw)
+            self.check_placement()
+            name = self.active_of(gw)
             if name is None:
                 self._violation(f"no single active for {gw} after the initial election")
                 return
@@ -608,6 +621,8 @@ class World:
                 self._set_cordon(node, True)
             elif ep.kind == "health_active":
                 self._set_health(node, False)
+            elif ep.kind == "isolate_active":
+                self._isolate(node, True)
             return
         node = getattr(self, "_measured_node", None)
         if self.measure is not None:
@@ -624,6 +639,17 @@ class World:
             self._set_cordon(node, False)
         elif ep.kind == "health_active":
             self._set_health(node, True)
+        elif ep.kind == "isolate_active":
+            self._isolate(node, False)
+
+    def check_placement(self) -> None:
+        """After the calm start every node is alive, healthy and a member: the active of
+        each gateway should be its best-ranked node (placement), not the first to start."""
+        for gw in self.s.gateways:
+            self.out.placed += 1
+            self.out.placed_best += self.active_of(gw) == ranked_nodes(
+                gw, self.s.nodes, {n: p for (g, n), p in self.priority_override.items()
+                                   if g == gw})[0]
 
     # --- checks ----------------------------------------------------------------------
 
