@@ -117,9 +117,10 @@ def render(report: GatewayReport, now: float) -> str:
                 if report.active else "")]
     if report.last_failover:
         lf = report.last_failover
-        lines.append(f"  last failover: {lf.get('from') or '?'} -> {lf.get('to') or '?'}, "
-                     f"reason {lf.get('reason', '?')}, {lf.get('duration_ms', '?')} ms, "
-                     f"{_ago(lf.get('at'), now)}")
+        moved = (f"{lf['from']} -> {lf.get('to')}" if lf.get("from")
+                 else f"{lf.get('to')} took it")
+        lines.append(f"  last failover: {moved}, reason {lf.get('reason', '?')}, "
+                     f"{lf.get('duration_ms', '?')} ms, {_ago(lf.get('at'), now)}")
     lines.append("  NODE                 ROLE        PRIO  ELIGIBLE  LAST-HEARD  NOTE")
     for m in report.members:
         heard = f"{m['last_heartbeat_age_s']:.2f}s" if m["last_heartbeat_age_s"] is not None else "-"
