@@ -1,6 +1,13 @@
 """Rendezvous placement spreads gateways; explicit priorities override it."""
 
-from vipmgr.core.placement import node_priority, ranked_nodes, rendezvous_priority
+from collections import Counter
+
+import pytest
+
+from vipmgr.core.placement import (
+    PRIORITY_MAX, balanced_priority, balanced_tops, node_priority, ranked_nodes,
+    rendezvous_priority,
+)
 
 NODES = [f"node-{i}" for i in range(4)]
 
@@ -30,3 +37,45 @@ def test_removing_a_node_moves_only_its_gateways():
     after = {gw: ranked_nodes(gw, NODES[:-1])[0] for gw in before}
     moved = [gw for gw in before if before[gw] != after[gw]]
     assert all(before[gw] == NODES[-1] for gw in moved)
+
+
+@pytest.mark.parametrize("gateways,nodes", [(2, 3), (4, 3), (7, 4), (3, 5)])
+def test_balanced_first_choices_spread_evenly(gateways, nodes):
+    names = NODES[:nodes] if nodes <= len(NODES) else [f"node-{i}" for i in range(nodes)]
+    for trial in range(30):
+        members = {f"gw-{trial}-{g}": names for g in range(gateways)}
+        load = Counter(balanced_tops(members).values())
+        assert max(load.values()) == -(-gateways // nodes)
+
+
+def test_plain_rendezvous_does_crowd_so_balancing_has_work_to_do():
+    crowded = sum(len({ranked_nodes(f"gw-{t}-{g}", NODES[:3])[0] for g in range(2)}) < 2
+                  for t in range(300))
+    assert 60 < crowded < 140  # about one time in three
+
+
+def test_balanced_priorities_put_the_first_choice_on_top_and_keep_the_rest():
+    members = {f"gw-{g}": NODES for g in range(4)}
+    tops = balanced_tops(members)
+    for gw in members:
+        prios = {n: balanced_priority(gw, n, tops) for n in NODES}
+        assert prios[tops[gw]] == PRIORITY_MAX
+        assert ranked_nodes(gw, NODES, prios)[0] == tops[gw]
+        rest = [n for n in NODES if n != tops[gw]]
+        assert ranked_nodes(gw, rest, prios) == ranked_nodes(gw, rest)
+
+
+def test_balanced_keeps_explicit_priorities_and_counts_them():
+    natural = ranked_nodes("gw-a", NODES)
+    pinned = {"gw-a": {natural[-1]: 254}}
+    members = {"gw-a": NODES, "gw-b": NODES}
+    tops = balanced_tops(members, pinned)
+    assert tops["gw-a"] == natural[-1] and tops["gw-b"] != natural[-1]
+    assert balanced_priority("gw-a", natural[0], tops, pinned["gw-a"]) == \
+        node_priority("gw-a", natural[0], pinned["gw-a"])
+
+
+def test_balanced_tops_are_the_same_on_every_node():
+    """Each agent computes it from the store: the order it reads gateways in is moot."""
+    members = {f"gw-{g}": NODES[: 2 + g % 3] for g in range(9)}
+    assert balanced_tops(members) == balanced_tops(dict(reversed(list(members.items()))))

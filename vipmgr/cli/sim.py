@@ -72,11 +72,14 @@ def _chunk(args: tuple) -> Summary:
               help="Instead of schedules: COUNT calm worlds whose nodes (the largest of "
                    "--nodes) start within 30 ms; prints how often each of the largest of "
                    "--gateways got its best-ranked node active. Exits 1 below 99%.")
+@click.option("--balanced", is_flag=True,
+              help="With --startup: priorities with placement.balanced_tops (the first "
+                   "choices spread over the nodes).")
 @click.option("--unsafe", multiple=True, type=click.Choice(["challenge", "fence"]), hidden=True,
               help="Test only: disable one protection to show the checker catches it.")
 def sim(schedules: int, seed: int, nodes: str, gateways: str, jobs: int, replay: int | None,
         timer_pairs: tuple[str, ...], soak: float | None, down: int, startup: int | None,
-        unsafe: tuple[str, ...]) -> None:
+        balanced: bool, unsafe: tuple[str, ...]) -> None:
     """Deterministic fault simulator: crash, freeze, partitions, etcd loss, loss/dup/
     reordering, drift, health flaps, cordon, membership and priority changes, scheduling
     jitter. Exits 1 on any invariant violation; the last line is the summary CI reads."""
@@ -91,7 +94,8 @@ def sim(schedules: int, seed: int, nodes: str, gateways: str, jobs: int, replay:
         click.echo(run_soak(soak, seed, node_range[1], gw_range[1], down, timers).line())
         return
     if startup is not None:
-        placed = run_startup(startup, seed, node_range[1], gw_range[1], timers=timers)
+        placed = run_startup(startup, seed, node_range[1], gw_range[1], balanced=balanced,
+                             timers=timers)
         click.echo(placed.line())
         sys.exit(1 if placed.violations or placed.best_ranked < 0.99 * placed.gateways else 0)
     if replay is not None:

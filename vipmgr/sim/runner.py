@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 import time
 from dataclasses import dataclass, field
 
 from vipmgr.config.timers import Timers
-from vipmgr.core.placement import ranked_nodes
+from vipmgr.core.placement import rank_key
 from vipmgr.sim.schedule import Schedule, make_schedule
 from vipmgr.sim.world import Outcome, World, percentile
 
@@ -148,23 +149,25 @@ class Startup:
     schedules: int = 0
     gateways: int = 0
     best_ranked: int = 0   # gateways whose active is their best-ranked node
-    shared: int = 0        # schedules where one node is active for two gateways or more
-    shared_expected: int = 0  # ... where the placement itself puts two on one node
+    # schedules where a node is active for more than its share (ceil(gateways/nodes))
+    crowded: int = 0
+    crowded_by_placement: int = 0  # ... where the placement's first choices do that
     violations: int = 0
 
     def line(self) -> str:
         return (f"startup_schedules={self.schedules} gateways={self.gateways} "
                 f"best_ranked={self.best_ranked} "
                 f"best_ranked_pct={100 * self.best_ranked / max(1, self.gateways):.2f} "
-                f"shared_active={self.shared} shared_by_placement={self.shared_expected} "
+                f"crowded={self.crowded} crowded_by_placement={self.crowded_by_placement} "
                 f"violations={self.violations}")
 
 
 def startup(count: int, seed: int = 1, nodes: int = 3, gateways: int = 2,
-            spread: float = 0.03, jitter_share: float = 0.3,
+            spread: float = 0.03, jitter_share: float = 0.3, balanced: bool = False,
             timers: Timers | None = None) -> Startup:
     """``count`` calm worlds whose nodes all start within ``spread``; gateway names vary
-    per schedule so each gets its own rendezvous ranking."""
+    per schedule so each gets its own rendezvous ranking. ``balanced``: priorities with
+    the balanced first choice (``placement.balanced_tops``)."""
     timers = timers or Timers()
     result = Startup()
     for i in range(count):
@@ -175,7 +178,8 @@ def startup(count: int, seed: int = 1, nodes: int = 3, gateways: int = 2,
         schedule = Schedule(seed + i, names, gws, "hold",
                             [rng.uniform(-drift, drift) for _ in names],
                             [rng.uniform(0, 1000) for _ in names], [], 0.0,
-                            jitter=rng.random() < jitter_share, start_spread=spread)
+                            jitter=rng.random() < jitter_share, start_spread=spread,
+                            balanced=balanced)
         world = World(schedule, timers)
         out = world.run()
         world.check_placement()
@@ -183,8 +187,10 @@ def startup(count: int, seed: int = 1, nodes: int = 3, gateways: int = 2,
         result.gateways += out.placed
         result.best_ranked += out.placed_best
         result.violations += len(out.violations)
-        actives = [world.active_of(gw) for gw in gws]
-        tops = [ranked_nodes(gw, names)[0] for gw in gws]
-        result.shared += len(set(actives)) < len(actives)
-        result.shared_expected += len(set(tops)) < len(tops)
+        share = -(-gateways // nodes)
+        actives = Counter(world.active_of(gw) for gw in gws)
+        tops = Counter(min(names, key=lambda n: rank_key(world.priority(gw, n), n))
+                       for gw in gws)
+        result.crowded += max(actives.values()) > share
+        result.crowded_by_placement += max(tops.values()) > share
     return result

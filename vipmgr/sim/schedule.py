@@ -69,6 +69,7 @@ class Schedule:
     faults_end: float      # every fault has healed by then
     jitter: bool = False   # scheduling stalls and slow etcd replies (see world.Jitter)
     start_spread: float = 0.05  # each node's process starts at a random instant within
+    balanced: bool = False  # priorities with placement.balanced_tops (as the agent may)
 
 
 WARMUP = 0.8        # initial election settles

@@ -20,7 +20,8 @@ from vipmgr.core.messages import (
     KeepAlive, MembersChanged, Note, Program, RevokeLease, RoleChanged, SendAdvert, Shutdown,
     Start, SwitchoverRequested, Tick, Watch, WatchUpdate, Withdraw,
 )
-from vipmgr.core.placement import node_priority, ranked_nodes
+from vipmgr.core.placement import balanced_priority, balanced_tops, rank_key, \
+    rendezvous_priority
 from vipmgr.sim.etcd import EtcdModel
 from vipmgr.sim.schedule import HB_FAULTS, Episode, Schedule
 from vipmgr.store.authority import GatewayKeys, plan
@@ -138,6 +139,12 @@ class World:
         self.members = {gw: tuple(schedule.nodes) for gw in schedule.gateways}
         self.member_version = {gw: 1 for gw in schedule.gateways}
         self.priority_override: dict[tuple[str, str], int] = {}
+        # What the agent derives from the store: rendezvous, or with the balanced first
+        # choice of every gateway (computed from the initial member sets)
+        tops = balanced_tops(self.members) if schedule.balanced else {}
+        self.base_priority = {
+            (gw, n): balanced_priority(gw, n, tops) if tops else rendezvous_priority(gw, n)
+            for gw in schedule.gateways for n in schedule.nodes}
         self.unlabelled: dict[tuple[str, str], int] = {}
 
     # --- event loop ------------------------------------------------------------------
@@ -183,8 +190,10 @@ class World:
 
     def _membership(self, gw: str, node: SimNode) -> _Membership:
         return _Membership(self.member_version[gw], self.members[gw],
-                           self.priority_override.get((gw, node.name),
-                                                      node_priority(gw, node.name)))
+                           self.priority(gw, node.name))
+
+    def priority(self, gw: str, name: str) -> int:
+        return self.priority_override.get((gw, name), self.base_priority[(gw, name)])
 
     def _join(self, node: SimNode, gw: str, m: _Membership) -> None:
         """What the agent does when its node is selected: a new election, started."""
@@ -647,9 +656,8 @@ class World:
         each gateway should be its best-ranked node (placement), not the first to start."""
         for gw in self.s.gateways:
             self.out.placed += 1
-            self.out.placed_best += self.active_of(gw) == ranked_nodes(
-                gw, self.s.nodes, {n: p for (g, n), p in self.priority_override.items()
-                                   if g == gw})[0]
+            self.out.placed_best += self.active_of(gw) == min(
+                self.s.nodes, key=lambda n: rank_key(self.priority(gw, n), n))
 
     # --- checks ----------------------------------------------------------------------
 
