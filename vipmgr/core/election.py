@@ -591,11 +591,10 @@ class Election:
         decided by the next member advert or the "deaf" timer."""
         peers, now = self._peers, self._now
         last = max((peers[m].heard_at for m in self._others if m in peers), default=NEVER)
-        if now - last < self._answer_quiet:
-            return False
         deaf_at = max(last, self._deaf_from) + self._deaf_after
-        if now >= deaf_at:
-            return True
+        if now - last < self._answer_quiet or now >= deaf_at:
+            self._timers.pop("deaf", None)
+            return now >= deaf_at
         self._timers["deaf"] = deaf_at
         return None
 
@@ -805,7 +804,9 @@ class Election:
 
     def _schedule_holder_timers(self) -> None:
         timers = self._timers
-        busy = self._in_flight("confirm") or self._in_flight("answer")
+        # While a challenge waits for word on our hearing ("deaf"), a confirmation
+        # could not extend the evidence anyway (an unanswered challenge is pending).
+        busy = self._in_flight("confirm") or self._in_flight("answer") or "deaf" in timers
         if self.role is Role.ACTIVE:
             v = self.validity()
             timers["lapse"] = v
