@@ -3,6 +3,7 @@ protection is switched off: the checker has teeth."""
 
 from __future__ import annotations
 
+import heapq
 import re
 import subprocess
 import sys
@@ -117,3 +118,24 @@ def test_five_thousand_schedules_in_ci():
     assert float(re.search(r"startup_best_ranked_pct=([\d.]+)", lines[-2]).group(1)) >= 99.0
     print(lines[-2], lines[-1], f"wall={wall:.0f}s")
     assert wall < 240
+
+
+def test_a_chained_stall_keeps_the_order_of_arrival():
+    """Everything addressed to a stalled node waits and keeps its order, also when a
+    second stall extends the first (a timer must not overtake earlier heartbeats)."""
+    from vipmgr.sim.world import World
+    world = World(make_schedule(1))
+    node = world.nodes[0]
+    seen: list[str] = []
+    log = lambda _node, what: seen.append(what)  # noqa: E731
+    node.stalled_until = 0.010
+    world.at(0.002, world._stalled, node, log, "heartbeat-1")
+    world.at(0.008, setattr, node, "stalled_until", 0.030)  # the next stall overlaps
+    world.at(0.009, world._stalled, node, log, "timer")
+    world.at(0.012, world._stalled, node, log, "heartbeat-2")
+    world.at(0.030, world._stalled, node, log, "heartbeat-3")  # as the stall ends
+    while world.heap:
+        t, _, fn, args = heapq.heappop(world.heap)
+        world.t = t
+        fn(*args)
+    assert seen == ["heartbeat-1", "timer", "heartbeat-2", "heartbeat-3"]

@@ -75,6 +75,8 @@ class SimNode:
     backlog: list[tuple[str, Election | None, object]] = field(default_factory=list)
     known: dict[str, int] = field(default_factory=dict)  # gateway -> membership version seen
     stalled_until: float = 0.0
+    stall_from: float = 0.0  # start of the current (possibly chained) stall
+    stall_queue: list[tuple[object, tuple]] = field(default_factory=list)  # FIFO, see _stalled
 
     def local(self, t: float) -> float:
         return self.offset + t * self.rate
@@ -257,18 +259,38 @@ class World:
             self.at(when, self._wake, node, gw, node.incarnation, when)
 
     def _stalled(self, node: SimNode, fn, *args) -> bool:
-        """The node's event loop is busy: whatever reaches it waits, in order."""
-        if node.stalled_until > self.t:
-            self.at(node.stalled_until, fn, node, *args)
-            return True
-        return False
+        """The node's event loop is busy: whatever reaches it waits, in order (one FIFO
+        per node, so a stall extended by the next keeps the order of arrival; re-queuing
+        each event on the heap did not: a timer could overtake earlier heartbeats)."""
+        if node.stalled_until <= self.t and not node.stall_queue:
+            return False
+        if not node.stall_queue:
+            self.at(node.stalled_until, self._drain, node)
+        node.stall_queue.append((fn, args))
+        return True
+
+    def _drain(self, node: SimNode) -> None:
+        if node.stalled_until > self.t:  # the stall was extended meanwhile
+            self.at(node.stalled_until, self._drain, node)
+            return
+        queue, node.stall_queue = node.stall_queue, []
+        for fn, args in queue:
+            fn(node, *args)
 
     def _stall(self, node: SimNode) -> None:
         j = self.jitter
         length = self.rng.uniform(0, j.stall_max)
+        if node.stalled_until <= self.t:
+            node.stall_from = self.t
         node.stalled_until = max(node.stalled_until, self.t + length)
         if self.tracing and node.alive:
             self._log(node.name, "", f"event loop stalls for {length * 1e3:.1f} ms")
+        t = self.timers
+        if node.alive and node.stalled_until - node.stall_from \
+                >= t.suspect_time - t.advert_interval:
+            # Stalls that overlap into one this long are a pause the peers may rightly
+            # suspect (like a short freeze): a disturbance, not calm.
+            self.last_disturbance = max(self.last_disturbance, node.stalled_until)
         self.at(self.t + self.rng.expovariate(j.stall_rate), self._stall, node)
 
     def _wake(self, node: SimNode, gw: str, inc: int, when: float) -> None:
