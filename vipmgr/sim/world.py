@@ -206,11 +206,13 @@ class World:
                              priority=m.priority, timers=self.timers,
                              on_etcd_loss=self.s.policy, unsafe=self.unsafe)
         node.elections[gw] = Election(cfg)
-        self._handle(node, gw, Start())
+        # Eligibility first, so even the advert sent at Start tells the truth (peers
+        # rank only eligible nodes).
         if not node.healthy:
             self._handle(node, gw, HealthChanged(False))
         if node.cordoned:
             self._handle(node, gw, Cordoned(True))
+        self._handle(node, gw, Start())
 
     def _relabel(self, node: SimNode, gw: str, m: _Membership) -> None:
         """A membership change reaches this node's agent: leave (graceful), join, or
