@@ -553,13 +553,13 @@ class Election:
     def _handle_challenges(self, view: EtcdView) -> bool:
         """As holder: answer, yield or hand over. True when nothing is left pending.
 
-        The isolated-side rule needs our hearing *now*, not within the standby horizon:
-        a challenger hearing others stopped hearing us at least ``S - advertInterval``
-        after we last heard anyone if our heartbeat link died, so a peer heard more
-        recently than that proves our receive path outlived its silence (the path is
-        broken, not us: answer), and no peer for ``_deaf_after`` proves we are the deaf
-        one (yield to the challenger). In between we wait for the next advert, within
-        the window."""
+        The isolated-side rule needs our hearing *now*, not within the standby horizon
+        (which still lists peers long after our own link died). Had our heartbeat link
+        died, the challenger lost at most our last advert before the cut and then waited
+        S, so by its challenge we would have heard nobody for ``S - advertInterval``: a
+        peer heard more recently proves our receive path outlived its silence (the path
+        is broken, not us: answer). No peer for ``_deaf_after`` makes us the deaf one
+        (yield to the challenger). In between, wait for the next advert, within W."""
         settled = True
         isolated: bool | None = False
         if len(self._others) > 1 and self.role in (Role.ACTIVE, Role.FENCED) and any(
@@ -679,14 +679,16 @@ class Election:
         """0 when no eligible standby we hear outranks us: it acts first, others skew."""
         return len(self._outranked_by())
 
-    def _listen_until(self) -> float:
+    def _listen_until(self, vacated_by: str | None) -> float:
         """Placement needs ranks: act on free authority only once we know who outranks
         us (every member heard since Start, else the listen time since Start), and give
         a better-ranked peer we only just began to hear (it may have just started) the
-        same listen time to learn its own rank and act first."""
+        same listen time to learn its own rank and act first — unless it is the one
+        that just gave the authority up (it lets others go first)."""
         until = NEVER if all(m in self._peers for m in self._others) \
             else self._started_at + self._listen
-        return max([until] + [p.since + self._listen for p in self._outranked_by()])
+        return max([until] + [p.since + self._listen for p in self._outranked_by()
+                              if p.advert.node != vacated_by])
 
     def _reconsider(self) -> None:
         """Standby: decide whether to acquire, challenge, preempt or fall back to VRRP."""
@@ -727,7 +729,7 @@ class Election:
             since = self._free_since[1]
             if view.vacated_by == me:
                 since += self._S + self._W  # we just handed it over: others first
-            timers["act"] = max(since, self._listen_until()) \
+            timers["act"] = max(since, self._listen_until(view.vacated_by)) \
                 + (self._rank() + (1 if view.successor else 0)) * adv
             return
         if self._silent_for(self._S):
@@ -747,7 +749,7 @@ class Election:
 
     def _act(self) -> None:
         """The standby's decision timer fired: re-check and move."""
-        view, now = self.view, self._now
+        view = self.view
         if self.role is not Role.STANDBY or not self.eligible or not self.lease:
             return
         if not self.etcd_ok:
