@@ -117,11 +117,12 @@ class GatewayMember:
     # --- lifecycle ------------------------------------------------------------------
 
     def start(self, healthy: bool, cordoned: bool) -> None:
-        self.feed(Start())
+        """Eligibility first, so the very first advert tells the truth."""
         if not healthy:
             self.feed(HealthChanged(False))
         if cordoned:
             self.feed(Cordoned(True))
+        self.feed(Start())
 
     async def stop(self, timeout: float = 1.0) -> None:
         """Graceful: release authority (the successor takes over at once), then stop."""

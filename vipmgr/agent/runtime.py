@@ -34,7 +34,7 @@ from vipmgr.agent.selfcheck import kernel_problems
 from vipmgr.agent.snapshot import Snapshot
 from vipmgr.cli.status import switchover_key
 from vipmgr.core.election import Cause
-from vipmgr.core.placement import node_priority
+from vipmgr.core.placement import balanced_priority, balanced_tops
 from vipmgr.dataplane.plan import GarpSettings, egress_ip
 from vipmgr.dataplane.reconcile import Dataplane
 from vipmgr.health.checks import run_monitor
@@ -276,8 +276,7 @@ class Agent:
                     self._join(gw)
                 else:
                     member.gateway = gw
-                    member.set_members(self.snapshot.members_of(gw),
-                                       node_priority(gw.name, self.node, gw.failover.priorities))
+                    member.set_members(self.snapshot.members_of(gw), self._priority(gw))
             self.receiver.set_gateways({name: m.vrid for name, m in self.members.items()})
             self._update_eligibility()
 
@@ -287,11 +286,19 @@ class Agent:
         members and priorities change live (MembersChanged)."""
         return (gw.source_ip, replace(gw.failover, priorities={}), gw.vrid)
 
+    def _priority(self, gw: EgressGateway) -> int:
+        """Every node computes the same spread of first choices from the store, so
+        gateways sharing nodes start on different nodes; explicit priorities win."""
+        gws = self.snapshot.gateways.values()
+        tops = balanced_tops({g.name: self.snapshot.members_of(g) for g in gws},
+                             {g.name: g.failover.priorities for g in gws})
+        return balanced_priority(gw.name, self.node, tops, gw.failover.priorities)
+
     def _join(self, gw: EgressGateway) -> None:
         me = self.snapshot.nodes[self.node]
         interface, ip, _why = egress_ip(gw, me, self.interfaces)
         members = self.snapshot.members_of(gw)
-        priority = node_priority(gw.name, self.node, gw.failover.priorities)
+        priority = self._priority(gw)
         if interface is not None:
             self._ensure_transport(interface)
         ctx = MemberContext(self.node, self.datapath, self.metrics, self._send,
