@@ -6,6 +6,8 @@ One lab for the module; each test leaves the gateway healthy for the next.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -136,6 +138,29 @@ def test_sigterm_releases_within_a_second(lab):
     assert stopped < 1.5, f"agent took {stopped:.2f}s to exit"
     assert first not in serving_nodes(lab)
     lab.start(first)
+    healthy_again(lab)
+
+
+def test_sighup_reloads_probes(lab):
+    """A probe added by editing the config and sending SIGHUP takes effect (and fails)."""
+    first = active(lab)
+    config = lab.workdir(first) / "agent.yaml"
+    original = config.read_text()
+    config.write_text(original + """  - name: never
+    kind: file
+    path: /nonexistent/vipmgr-test-flag
+    interval: 100ms
+    timeout: 50ms
+    rise: 1
+    fall: 1
+""")
+    try:
+        os.kill(lab.node(first).pid, signal.SIGHUP)
+        wait_for(lambda: (a := active(lab)) not in (None, first) and a, 3.0,
+                 "failover after the reloaded probe fails")
+    finally:
+        config.write_text(original)
+        os.kill(lab.node(first).pid, signal.SIGHUP)
     healthy_again(lab)
 
 
