@@ -15,7 +15,9 @@ import gc
 import ipaddress
 import json
 import logging
+import os
 import signal
+import threading
 import time
 from dataclasses import replace
 from typing import Awaitable, Callable
@@ -56,7 +58,8 @@ STATUS_LEASE_TTL = 3
 ETCD_ERRORS = (aetcd.exceptions.ClientError, grpc.RpcError, EtcdUnavailable, ConnectionError,
                asyncio.TimeoutError)
 BACKOFF_MAX = 2.0
-SELF_CHECK_INTERVAL = 1.0
+CLEANUP_LIMIT = 1.5
+SELF_CHECK_INTERVAL = 0.25  # carrier loss takes a two-node group's holder out within this
 
 
 class Agent:
@@ -156,12 +159,31 @@ class Agent:
         gc.freeze()
         await self.stopping.wait()
         await self.shutdown()
+        # Whatever still runs (a thread stuck in a kernel call) must not keep a stopped
+        # agent alive: the interpreter gets CLEANUP_LIMIT to exit, then it is cut short.
+        watchdog = threading.Timer(CLEANUP_LIMIT, os._exit, (0,))
+        watchdog.daemon = True
+        watchdog.start()
 
     async def shutdown(self) -> None:
-        """SIGTERM: every member releases (successors take over at once), then exit."""
+        """SIGTERM: every member releases (successors take over at once), then exit.
+
+        The release is what matters and is bounded per member; the cleanup after
+        it (watches, sockets, threads, the status lease) gets CLEANUP_LIMIT, then the
+        process exits anyway: what it leaves in the kernel fails closed.
+        """
         LOG.info("stopping: releasing gateways", extra={"node": self.node})
         await asyncio.gather(*(m.stop(timeout=0.8) for m in self.members.values()))
         self.members.clear()
+        try:
+            await asyncio.wait_for(self._cleanup(), CLEANUP_LIMIT)
+        except asyncio.TimeoutError:
+            LOG.warning(f"cleanup took longer than {CLEANUP_LIMIT:g}s; exiting anyway",
+                        extra={"node": self.node})
+            logging.shutdown()
+            os._exit(0)
+
+    async def _cleanup(self) -> None:
         for task in self._tasks:
             task.cancel()
         if self._health_task is not None:
@@ -373,6 +395,7 @@ class Agent:
         return problems
 
     def _update_eligibility(self) -> None:
+        changed = False
         for name, member in self.members.items():
             healthy, cordoned = self._eligibility_inputs(member.gateway)
             old = self._last_eligibility.get(name)
@@ -380,9 +403,12 @@ class Agent:
                 member.set_eligible(healthy)
             if old is None or old[1] != cordoned:
                 member.set_cordoned(cordoned)
-            self._last_eligibility[name] = (healthy, cordoned)
-            self.metrics.gateway_eligibility(name, healthy and not cordoned)
-        self._status_dirty.set()
+            if old != (healthy, cordoned):
+                changed = True
+                self._last_eligibility[name] = (healthy, cordoned)
+                self.metrics.gateway_eligibility(name, healthy and not cordoned)
+        if changed:
+            self._status_dirty.set()
 
     def _start_health(self) -> None:
         def on_transition(t: Transition) -> None:
@@ -402,7 +428,7 @@ class Agent:
         self.kernel_problems = await asyncio.to_thread(kernel_problems, wanted)
 
     async def _periodic_loop(self) -> None:
-        """Self-check every second; drift repair, resync and GARP refresh on slower clocks."""
+        """Self-check four times a second; drift repair, resync and GARP refresh on slower clocks."""
         last_verify = last_garp = time.monotonic()
         while True:
             await asyncio.sleep(SELF_CHECK_INTERVAL)
