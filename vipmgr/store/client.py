@@ -27,6 +27,10 @@ class EtcdUnavailable(ConnectionError):
     """No endpoint answered; the message lists them."""
 
 
+class EtcdAuthError(EtcdUnavailable):
+    """etcd answered but refused the credentials (or asked for some)."""
+
+
 @dataclass(frozen=True)
 class EtcdSettings:
     endpoints: tuple[str, ...] = (DEFAULT_ENDPOINT,)
@@ -111,11 +115,25 @@ async def connect(settings: EtcdSettings) -> EtcdClient:
         try:
             await asyncio.wait_for(_probe(client), settings.timeout)
             return client
+        except (aetcd.exceptions.InvalidArgumentError,
+                aetcd.exceptions.UnauthenticatedError) as exc:
+            await client.close()
+            if "auth" in str(exc).lower() or "user" in str(exc).lower():
+                raise EtcdAuthError(
+                    f"etcd at {endpoint} refused the credentials ({_detail(exc)}); "
+                    "check --user/--password") from None
+            errors.append(f"{endpoint} ({type(exc).__name__})")
         except (asyncio.TimeoutError, aetcd.exceptions.ClientError, grpc.RpcError, OSError) as exc:
             errors.append(f"{endpoint} ({type(exc).__name__})")
             await client.close()
     raise EtcdUnavailable(f"cannot reach etcd at {', '.join(errors)}; check --etcd / "
                           f"{ENV_ENDPOINTS} and that etcd is running")
+
+
+def _detail(exc: BaseException) -> str:
+    """etcd's own reason, without gRPC's wrapping."""
+    text = str(exc).strip()
+    return text.rsplit("desc = ", 1)[-1].strip('"\' ') or type(exc).__name__
 
 
 async def _probe(client: EtcdClient) -> None:
