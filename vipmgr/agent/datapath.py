@@ -223,12 +223,13 @@ class NodeDatapath:
 
     async def close(self) -> None:
         """Stop the worker after carrying out what is pending (a shutdown's withdraws)."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        if self._task is None:
+            return  # never started: no snapshot yet, so no plan may touch the kernel
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
         if self._dirty.is_set():
             async with self._lock:
                 await self._apply(verify=False)

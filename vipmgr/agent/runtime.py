@@ -122,6 +122,24 @@ class Agent:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+        # A SIGTERM while still starting (etcd unreachable, say) must stop us too.
+        starting = asyncio.create_task(self._start(loop), name="start")
+        stopped = asyncio.create_task(self.stopping.wait(), name="stop-signal")
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+        else:
+            starting.result()
+            await stopped
+        await self.shutdown()
+        # Whatever still runs (a thread stuck in a kernel call) must not keep a stopped
+        # agent alive: the interpreter gets CLEANUP_LIMIT to exit, then it is cut short.
+        watchdog = threading.Timer(CLEANUP_LIMIT, os._exit, (0,))
+        watchdog.daemon = True
+        watchdog.start()
+
+    async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._load_keys()
         self.interfaces = await asyncio.to_thread(primary_interfaces)
         dataplane = await asyncio.to_thread(Dataplane, None, Timers().deadman_timeout)
@@ -157,13 +175,6 @@ class Agent:
         # Start-up objects (modules, config, resources) never die: keep them out of the
         # collector's full passes, which otherwise pause the loop for tens of ms.
         gc.freeze()
-        await self.stopping.wait()
-        await self.shutdown()
-        # Whatever still runs (a thread stuck in a kernel call) must not keep a stopped
-        # agent alive: the interpreter gets CLEANUP_LIMIT to exit, then it is cut short.
-        watchdog = threading.Timer(CLEANUP_LIMIT, os._exit, (0,))
-        watchdog.daemon = True
-        watchdog.start()
 
     async def shutdown(self) -> None:
         """SIGTERM: every member releases (successors take over at once), then exit.
