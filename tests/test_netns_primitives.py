@@ -1,6 +1,7 @@
 import pytest
 
 from vipmgr.lab.netns import list_namespaces
+from waiting import wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -23,6 +24,7 @@ def test_two_hosts_on_a_bridge_ping_and_teardown_leaves_nothing(netns_lab):
 def test_processes_started_in_a_namespace_are_stopped_on_close(netns_lab):
     ns = netns_lab.add("p")
     proc = ns.popen(["sleep", "300"])
-    assert ns.pids()
+    # `ip netns exec` joins the namespace a moment after Popen returns.
+    wait_for(ns.pids, 5, "the sleep to appear in the namespace")
     netns_lab.close()
     assert proc.poll() is not None
