@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from dpworld import (GA_PRIMARY, SERVICE, VIP, VM1, VM2, WORKER_UPLINK, arp_answered, gateway,
-                     plan_for, policy)
+from dpworld import (EGRESS, GA_PRIMARY, SERVICE, VIP, VM1, VM2, VMS, WORKER_UPLINK, arp_answered,
+                     gateway, plan_for, policy, resource)
 
 from vipmgr.config.timers import Timers
 from vipmgr.dataplane.reconcile import Dataplane
@@ -54,6 +54,42 @@ def test_snat_then_fail_closed_never_a_wrong_source(world):
     selected = [r for r in world.records() if 1000 <= r.seq < 2000]
     assert {r.source for r in selected} == {VIP}, "a selected packet left with a wrong source"
     assert {r.seq for r in selected} == set(range(1000, 1005)) | set(range(1300, 1303))
+
+
+def test_selected_traffic_routed_past_the_gateway_interface_is_dropped_not_leaked(world):
+    # egress on ga's internal eth0, while ga's route to the service leaves by eth1: without the
+    # guard, vm1's datagrams would reach the echo with vm1's own address
+    gws = [resource("EgressGateway", "egw", {
+        "nodeSelector": EGRESS, "sourceIP": {
+            "mode": "PrimaryIPFromEgressGatewayNodeInterface",
+            "primaryIPFromEgressGatewayNodeInterface": {"interfaceName": "eth0"}}})]
+    with Dataplane(world["ga"].name, LONG) as ga, Dataplane(world["w"].name, LONG) as w:
+        ga.reconcile(plan_for("ga", {"egw": "ga"}, gateways=gws), arm=True)
+        w.reconcile(plan_for("w", {"egw": "ga"}, gateways=gws))
+        assert world.udp("vm1", range(2000, 2004), timeout=0.2) == ["-"] * 4
+        assert counter(world["ga"], "g-egw-misrouted") == 4
+        assert world.udp("vm2", range(5000, 5002)) == [WORKER_UPLINK] * 2, "unselected: untouched"
+        # the same route, with the egress on the interface it uses: SNATed
+        ga.reconcile(plan_for("ga", {"egw": "ga"}, gateways=[gateway()]), arm=True)
+        assert world.udp("vm1", range(2100, 2102)) == [VIP] * 2
+    assert not [r for r in world.records() if 2000 <= r.seq < 2100], "a misrouted packet leaked"
+
+
+def test_vm_on_the_active_node_is_snated_and_answered(world):
+    lab, ga_ns = world.lab, world["ga"]
+    lab.add("vm3")
+    lab.link("ga", "v3", "vm3", "eth0")
+    ga_ns.set_addr("v3", "198.18.3.1/24")
+    lab["vm3"].set_addr("eth0", "198.18.3.2/24")
+    lab["vm3"].ip("route", "add", "default", "via", "198.18.3.1")
+    vm3 = resource("VirtualMachine", "vm3", {"nodeName": "ga", "addresses": ["198.18.3.2"]},
+                   {"app": "backend"}, namespace="default")
+    with Dataplane(ga_ns.name, LONG) as ga:
+        ga.reconcile(plan_for("ga", {"egw": "ga"}, vms=[*VMS, vm3]), arm=True)
+        assert world.udp("vm3", range(3000, 3003)) == [VIP] * 3
+        ga.reconcile(plan_for("ga", {"egw": "gb"}, vms=[*VMS, vm3]))
+        assert world.udp("vm3", range(3100, 3102), timeout=0.2) == ["-"] * 2, "standby: gated"
+    assert {r.source for r in world.records() if 3000 <= r.seq < 4000} == {VIP}
 
 
 def test_garp_moves_the_neighbours_arp_cache(world):

@@ -31,6 +31,7 @@ INET_CHAINS = (
     ("inet", "vm_steer", "filter", "prerouting", "mangle"),  # worker: mark or drop selected
     ("inet", "gw_gate", "filter", "forward", "filter"),  # member: drop selected unless armed
     ("inet", "gw_snat", "nat", "postrouting", "srcnat - 10"),  # active: before a node masquerade
+    ("inet", "gw_out", "filter", "postrouting", "filter"),  # active: selected, wrong interface: drop
 )
 ARP_CHAINS = (
     ("arp", "vip_in", "filter", "input", "filter"),  # requests for a VIP unless armed: drop
@@ -90,3 +91,14 @@ def gateway_fenced(gateway: str) -> str:
 def gateway_failclosed(gateway: str) -> str:
     """Counter: selected packets dropped at a worker because the gateway had no active node."""
     return ident("g", gateway, "failclosed")
+
+
+def gateway_misrouted(gateway: str) -> str:
+    """Counter: selected packets dropped at the active node because the node's routes would
+    send them out of another interface than the gateway's (where they would not be SNATed)."""
+    return ident("g", gateway, "misrouted")
+
+
+# Drop counters per gateway, by the reason a metric reports (docs/monitoring.md).
+DROP_COUNTERS = (("fenced", gateway_fenced), ("failclosed", gateway_failclosed),
+                 ("misrouted", gateway_misrouted))

@@ -62,7 +62,7 @@ def _fp(rule: str) -> str:
 def desired(plan: NodePlan) -> NftState:
     """The nft objects ``plan`` needs on this node."""
     st = NftState()
-    inet: dict[str, list[str]] = {"vm_steer": [], "gw_gate": [], "gw_snat": []}
+    inet: dict[str, list[str]] = {"vm_steer": [], "gw_gate": [], "gw_snat": [], "gw_out": []}
 
     def add_set(fam: str, name: str, spec: SetSpec, elements: Iterable[str] | None) -> None:
         st.sets[(fam, name)] = spec
@@ -85,9 +85,16 @@ def desired(plan: NodePlan) -> NftState:
             st.standby[armed] = L.gateway_egress(gw.name)
             continue
         add_set("inet", L.gateway_egress(gw.name), SetSpec("ipv4_addr"), [role.egress_ip])
+        misrouted = L.gateway_misrouted(gw.name)
+        st.counters.add(("inet", misrouted))
         for sel in gw.selections:
-            inet["gw_snat"].append(f"oifname \"{role.interface}\" ip saddr @{L.policy_all(sel.policy)} "
-                                f"ip daddr @{L.policy_dst(sel.policy)} snat ip to {role.egress_ip}")
+            match = f"ip saddr @{L.policy_all(sel.policy)} ip daddr @{L.policy_dst(sel.policy)}"
+            inet["gw_snat"].append(f"oifname \"{role.interface}\" {match} "
+                                   f"snat ip to {role.egress_ip}")
+            # no leak: what the node's routes send out of another interface would not be
+            # SNATed (the node's own masquerade, or the VM's address): drop and count it
+            inet["gw_out"].append(f"ct direction original {match} oifname != \"{role.interface}\" "
+                                  f"counter name \"{misrouted}\" drop")
     for sp in plan.steering:
         counter = L.gateway_failclosed(sp.name)
         st.counters.add(("inet", counter))
