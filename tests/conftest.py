@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,19 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=f"netns test: {why}"))
         if "etcd" in item.keywords and shutil.which("etcd") is None:
             item.add_marker(pytest.mark.skip(reason="etcd binary missing: run 'make system-deps'"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test that drives a lab gets the tail of every lab process's log in its report
+    (the agents' view of what went wrong; the lab itself is gone by the time anyone looks)."""
+    outcome = yield
+    rep = outcome.get_result()
+    lab = getattr(item, "funcargs", {}).get("lab")
+    if rep.failed and lab is not None and hasattr(lab, "log_tail"):
+        for log in sorted(Path(lab.state.tmpdir).glob("*.log")):
+            rep.sections.append((f"lab log {log.name} (last 40 lines)",
+                                 lab.log_tail(log.stem, lines=40)))
 
 
 @pytest.fixture(scope="session")

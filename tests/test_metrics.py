@@ -37,6 +37,7 @@ FAMILIES = {
     "vipmgr_snat_sources": "gauge",
     "vipmgr_snat_cidrs": "gauge",
     "vipmgr_deadman_refreshes_total": "counter",
+    "vipmgr_dropped_packets_total": "counter",
     "vipmgr_probe_up": "gauge",
 }
 
@@ -80,6 +81,7 @@ def exercise(m: AgentMetrics) -> None:
     m.conntrack_entries_deleted("gw1", 12)
     m.snat_sets("gw1", sources=5, cidrs=2)
     m.deadman_refreshed("gw1")
+    m.drops_read({("gw1", "fenced"): 7})
 
 
 def test_every_family_is_exposed_with_its_type(metrics):
@@ -112,6 +114,20 @@ def test_values_after_exercise(metrics):
         assert value(r, "vipmgr_node_eligible", node="node-a", criterion=criterion) == 1
 
 
+def test_dropped_packets_add_the_kernel_counters_increase_across_their_resets(metrics):
+    r = metrics.registry
+    metrics.drops_read({("gw1", "fenced"): 3, ("gw1", "misrouted"): 0})
+    metrics.drops_read({("gw1", "fenced"): 10, ("gw1", "misrouted"): 2})
+    assert value(r, "vipmgr_dropped_packets_total", gateway="gw1", reason="fenced") == 10
+    # the node became active: the fenced counter is gone, misrouted keeps counting
+    metrics.drops_read({("gw1", "misrouted"): 5})
+    # back to standby: the kernel's fenced counter starts again at 0
+    metrics.drops_read({("gw1", "fenced"): 4})
+    metrics.drops_read({("gw1", "fenced"): 1})  # recreated between two reads
+    assert value(r, "vipmgr_dropped_packets_total", gateway="gw1", reason="fenced") == 15
+    assert value(r, "vipmgr_dropped_packets_total", gateway="gw1", reason="misrouted") == 5
+
+
 def test_counters_carry_no_state_label(metrics):
     exercise(metrics)
     text = generate_latest(metrics.registry).decode()
@@ -142,7 +158,7 @@ def test_leaving_and_deleting_a_gateway_drops_its_state_series(metrics):
         "vipmgr_gateway_transitions_total", "vipmgr_gateway_failovers_total",
         "vipmgr_heartbeats_sent_total", "vipmgr_heartbeats_received_total",
         "vipmgr_garp_sent_total", "vipmgr_conntrack_entries_deleted_total",
-        "vipmgr_deadman_refreshes_total"})
+        "vipmgr_deadman_refreshes_total", "vipmgr_dropped_packets_total"})
     assert value(metrics.registry, "vipmgr_gateway_active", gateway="gw2", node="node-a") == 0
 
 

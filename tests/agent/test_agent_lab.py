@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vipmgr.lab.runtime import deploy, destroy
+from vipmgr.lab.runtime import LabError, deploy, destroy
 from vipmgr.lab.topology import default_topology_path, load
 from waiting import wait_for
 
@@ -209,15 +209,43 @@ def test_agent_leaves_and_rejoins_as_labels_change(lab):
     assert (active(lab), status(lab)[1]["epoch"]) == (holder, epoch)
 
 
+def metrics(lab, node: str) -> str:
+    return lab.exec(node, ["python3", "-m", "vipmgr.lab.echo", "get",
+                           "http://127.0.0.1:9750/metrics"]).stdout
+
+
+def dropped(lab, node: str, reason: str) -> float:
+    prefix = f'vipmgr_dropped_packets_total{{gateway="egress-gw",reason="{reason}"}} '
+    line = next((ln for ln in metrics(lab, node).splitlines() if ln.startswith(prefix)), None)
+    return float(line.removeprefix(prefix)) if line else -1.0
+
+
+def test_no_eligible_node_fails_closed_on_the_worker_and_counts_it(lab):
+    for node in GWS:
+        vipmgr(lab, "cordon", node)
+    try:
+        wait_for(lambda: active(lab) is None and not serving_nodes(lab), 3, "nobody active")
+        before = dropped(lab, "worker-b", "failclosed")
+        with pytest.raises(LabError):  # dropped on worker-b, not sent with its own address
+            lab.curl("vm-backend", timeout=1.0)
+        assert lab.curl("vm-frontend") == "198.18.0.21", "unselected traffic still flows"
+        wait_for(lambda: dropped(lab, "worker-b", "failclosed") > max(before, 0), 3,
+                 "vipmgr_dropped_packets_total{reason=failclosed} rising on worker-b")
+    finally:
+        for node in GWS:
+            vipmgr(lab, "uncordon", node)
+    healthy_again(lab)
+    wait_for(lambda: lab.curl("vm-backend") == "192.0.2.100", 5, "vm-backend seen as the VIP")
+
+
 def test_metrics_endpoint_exposes_the_families(lab):
     holder = active(lab)
-    out = lab.exec(holder, ["python3", "-m", "vipmgr.lab.echo", "get",
-                            "http://127.0.0.1:9750/metrics"])
-    text = out.stdout
+    text = metrics(lab, holder)
     for family in ("vipmgr_gateway_active", "vipmgr_gateway_transitions_total",
                    "vipmgr_heartbeats_sent_total", "vipmgr_heartbeats_received_total",
                    "vipmgr_etcd_up", "vipmgr_etcd_request_duration_seconds",
                    "vipmgr_gateway_epoch", "vipmgr_node_eligible", "vipmgr_garp_sent_total",
-                   "vipmgr_snat_sources", "vipmgr_deadman_refreshes_total", "vipmgr_build_info"):
+                   "vipmgr_snat_sources", "vipmgr_deadman_refreshes_total", "vipmgr_build_info",
+                   "vipmgr_dropped_packets_total"):
         assert family in text, family
     assert f'vipmgr_gateway_active{{gateway="egress-gw",node="{holder}"}} 1.0' in text

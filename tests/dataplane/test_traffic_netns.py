@@ -44,6 +44,9 @@ def test_snat_then_fail_closed_never_a_wrong_source(world):
         w.reconcile(plan_for("w", {"egw": None}))
         assert world.udp("vm1", range(1200, 1205), timeout=0.2) == ["-"] * 5
         assert counter(world["w"], "g-egw-failclosed") >= 5
+        assert w.drops_nowait().result(5)[("egw", "failclosed")] == counter(world["w"],
+                                                                            "g-egw-failclosed")
+        assert ga.drops_nowait().result(5)[("egw", "fenced")] >= 3
         assert world.udp("vm2", range(5100, 5103)) == [WORKER_UPLINK] * 3
 
         # and back
@@ -68,6 +71,7 @@ def test_selected_traffic_routed_past_the_gateway_interface_is_dropped_not_leake
         w.reconcile(plan_for("w", {"egw": "ga"}, gateways=gws))
         assert world.udp("vm1", range(2000, 2004), timeout=0.2) == ["-"] * 4
         assert counter(world["ga"], "g-egw-misrouted") == 4
+        assert ga.drops_nowait().result(5) == {("egw", "fenced"): 0, ("egw", "misrouted"): 4}
         assert world.udp("vm2", range(5000, 5002)) == [WORKER_UPLINK] * 2, "unselected: untouched"
         # the same route, with the egress on the interface it uses: SNATed
         ga.reconcile(plan_for("ga", {"egw": "ga"}, gateways=[gateway()]), arm=True)

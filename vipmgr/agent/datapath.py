@@ -205,6 +205,15 @@ class NodeDatapath:
         for future in report.announcements:
             future.add_done_callback(lambda f: self._garp_done(f, vip_owner))
 
+    async def read_drops(self) -> None:
+        """Periodic: the kernel's drop counters into ``vipmgr_dropped_packets_total``."""
+        try:
+            counts = await asyncio.wrap_future(self.dp.drops_nowait())
+        except (KernelError, OSError) as exc:
+            LOG.warning(f"reading the drop counters failed: {exc}", extra={"node": self.node})
+            return
+        self.metrics.drops_read(counts)
+
     def _garp_done(self, future, vip_owner: dict[tuple[str, str], str]) -> None:
         """Runs on the GARP thread: count what went out (metrics are thread-safe)."""
         if future.exception() is not None:

@@ -17,7 +17,7 @@ import platform
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version as package_version
 from threading import Thread
-from typing import ContextManager, Iterable
+from typing import ContextManager, Iterable, Mapping
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -121,6 +121,13 @@ class AgentMetrics:
         self.conntrack_deleted = Counter(
             "vipmgr_conntrack_entries_deleted", "Conntrack entries of the gateway's flows deleted "
             "on failover.", gw, registry=r)
+        self.dropped = Counter(
+            "vipmgr_dropped_packets", "Packets of the gateway's selected traffic this node "
+            "dropped instead of letting them leave with a wrong source, by reason: fenced "
+            "(standby gate), failclosed (worker, no active node), misrouted (active node, the "
+            "route leaves by another interface than the gateway's).", ["gateway", "reason"],
+            registry=r)
+        self._drops_seen: dict[tuple[str, str], int] = {}
         self.deadman_refreshes = Counter(
             "vipmgr_deadman_refreshes", "Refreshes of the self-expiring kernel state while active.",
             gw, registry=r)
@@ -240,6 +247,15 @@ class AgentMetrics:
 
     def deadman_refreshed(self, gateway: str) -> None:
         self.deadman_refreshes.labels(gateway).inc()
+
+    def drops_read(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """The kernel's drop counters now, per (gateway, reason). A kernel counter is
+        recreated at 0 when its role comes back, so only the increase since the last read
+        is added, and a lower value counts from 0."""
+        for key, packets in counts.items():
+            last = self._drops_seen.get(key, 0)
+            self.dropped.labels(*key).inc(packets - last if packets >= last else packets)
+        self._drops_seen = dict(counts)
 
     # --- exposition -----------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ ETCD_ERRORS = (aetcd.exceptions.ClientError, grpc.RpcError, EtcdUnavailable, Con
 BACKOFF_MAX = 2.0
 CLEANUP_LIMIT = 1.5
 SELF_CHECK_INTERVAL = 0.25  # carrier loss takes a two-node group's holder out within this
+DROPS_INTERVAL = 1.0  # nft drop counters -> metric; a counter removed by a role change loses < 1 s
 
 
 class Agent:
@@ -440,12 +441,15 @@ class Agent:
 
     async def _periodic_loop(self) -> None:
         """Self-check four times a second; drift repair, resync and GARP refresh on slower clocks."""
-        last_verify = last_garp = time.monotonic()
+        last_verify = last_garp = last_drops = time.monotonic()
         while True:
             await asyncio.sleep(SELF_CHECK_INTERVAL)
             await self._check_kernel()
             self._update_eligibility()
             now = time.monotonic()
+            if now - last_drops >= DROPS_INTERVAL:
+                last_drops = now
+                await self.datapath.read_drops()
             if now - last_verify >= self.config.reconcile_interval:
                 last_verify = now
                 await self.datapath.verify()

@@ -333,6 +333,30 @@ class Dataplane:
                                                     role.garp.interval))
         return out
 
+    # --- drop counters ----------------------------------------------------------------
+
+    def drops_nowait(self) -> "concurrent.futures.Future[dict[tuple[str, str], int]]":
+        """Packets dropped per (gateway, reason), from the nft counters of the applied plan.
+
+        Reasons: ``fenced`` (member gate), ``failclosed`` (worker, no active node),
+        ``misrouted`` (active node, leak guard). A counter exists only while its role does:
+        it starts at 0 again after a role change (the agent's metric adds the deltas).
+        """
+        return self._thread.submit(self._drops)
+
+    def _drops(self) -> dict[tuple[str, str], int]:
+        names = {fn(gw): (gw, reason) for gw in sorted({g.name for g in self._plan.gateways}
+                                                       | {s.name for s in self._plan.steering})
+                 for reason, fn in L.DROP_COUNTERS}
+        if not names:
+            return {}
+        try:
+            objects = self._nft.list_json(f"counters table inet {L.TABLE}")
+        except NftMissing:
+            return {}
+        return {names[c["name"]]: c.get("packets", 0)
+                for c in (o["counter"] for o in objects if "counter" in o) if c["name"] in names}
+
     # --- show, flush ------------------------------------------------------------------
 
     def show(self) -> str:
