@@ -11,12 +11,14 @@ meanwhile keep deciding on heartbeats and their own deadlines.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
 import ipaddress
 import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -58,7 +60,8 @@ STATUS_LEASE_TTL = 3
 ETCD_ERRORS = (aetcd.exceptions.ClientError, grpc.RpcError, EtcdUnavailable, ConnectionError,
                asyncio.TimeoutError)
 BACKOFF_MAX = 2.0
-CLEANUP_LIMIT = 1.5
+RELEASE_LIMIT = 0.8  # per member: the release through etcd, then it is abandoned
+SHUTDOWN_LIMIT = 1.4  # SIGTERM to exit, whatever hangs (the release normally takes ~50 ms)
 SELF_CHECK_INTERVAL = 0.25  # carrier loss takes a two-node group's holder out within this
 DROPS_INTERVAL = 1.0  # nft drop counters -> metric; a counter removed by a role change loses < 1 s
 
@@ -134,11 +137,6 @@ class Agent:
             starting.result()
             await stopped
         await self.shutdown()
-        # Whatever still runs (a thread stuck in a kernel call) must not keep a stopped
-        # agent alive: the interpreter gets CLEANUP_LIMIT to exit, then it is cut short.
-        watchdog = threading.Timer(CLEANUP_LIMIT, os._exit, (0,))
-        watchdog.daemon = True
-        watchdog.start()
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._load_keys()
@@ -180,20 +178,36 @@ class Agent:
     async def shutdown(self) -> None:
         """SIGTERM: every member releases (successors take over at once), then exit.
 
-        The release is what matters and is bounded per member; the cleanup after
-        it (watches, sockets, threads, the status lease) gets CLEANUP_LIMIT, then the
-        process exits anyway: what it leaves in the kernel fails closed.
+        The release is what matters and is bounded per member (RELEASE_LIMIT); the
+        whole stop, cleanup included (watches, sockets, threads, the status lease), gets
+        SHUTDOWN_LIMIT, then the process exits anyway: what it leaves in the kernel
+        fails closed.
         """
+        # Nothing may keep a stopping agent alive past SHUTDOWN_LIMIT: not a task that does
+        # not end when cancelled, not a thread stuck in a kernel call, not the interpreter's
+        # exit joining its threads. A timer thread cuts it short, whatever blocks.
+        watchdog = threading.Timer(SHUTDOWN_LIMIT, self._shutdown_overrun,
+                                   (asyncio.get_running_loop(),))
+        watchdog.daemon = True
+        watchdog.start()
         LOG.info("stopping: releasing gateways", extra={"node": self.node})
-        await asyncio.gather(*(m.stop(timeout=0.8) for m in self.members.values()))
+        await asyncio.gather(*(m.stop(timeout=RELEASE_LIMIT) for m in self.members.values()))
         self.members.clear()
+        await self._cleanup()
+
+    def _shutdown_overrun(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Runs on the watchdog thread: say what was stuck (threads and tasks), then exit."""
+        LOG.warning(f"shutdown took longer than {SHUTDOWN_LIMIT:g}s; exiting anyway "
+                    "(stacks follow)", extra={"node": self.node})
+        faulthandler.dump_traceback(all_threads=True)
         try:
-            await asyncio.wait_for(self._cleanup(), CLEANUP_LIMIT)
-        except asyncio.TimeoutError:
-            LOG.warning(f"cleanup took longer than {CLEANUP_LIMIT:g}s; exiting anyway",
-                        extra={"node": self.node})
-            logging.shutdown()
-            os._exit(0)
+            tasks = list(asyncio.all_tasks(loop))
+        except RuntimeError:  # the loop changed its task set while we copied it
+            tasks = []
+        for task in tasks:
+            task.print_stack(limit=8)
+        sys.stderr.flush()
+        os._exit(0)
 
     async def _cleanup(self) -> None:
         for task in self._tasks:
