@@ -66,6 +66,19 @@ SELF_CHECK_INTERVAL = 0.25  # carrier loss takes a two-node group's holder out w
 DROPS_INTERVAL = 1.0  # nft drop counters -> metric; a counter removed by a role change loses < 1 s
 
 
+def _await_chain(task: asyncio.Task) -> list[str]:
+    """Where a suspended task waits, innermost last (``Task.print_stack`` shows only the
+    outermost coroutine frame)."""
+    lines = []
+    coro = task.get_coro()
+    while coro is not None and getattr(coro, "cr_frame", None) is not None:
+        code = coro.cr_frame.f_code
+        lines.append(f'  File "{code.co_filename}", line {coro.cr_frame.f_lineno}, '
+                     f"in {code.co_name}\n")
+        coro = coro.cr_await
+    return lines
+
+
 class Agent:
     def __init__(self, config: AgentConfig, metrics: AgentMetrics,
                  config_path: str | None = None):
@@ -205,7 +218,7 @@ class Agent:
         except RuntimeError:  # the loop changed its task set while we copied it
             tasks = []
         for task in tasks:
-            task.print_stack(limit=8)
+            sys.stderr.write(f"{task.get_name()} awaits:\n" + "".join(_await_chain(task)))
         sys.stderr.flush()
         os._exit(0)
 
