@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from dpworld import GA_PRIMARY, VIP, VM1, gateway, plan_for, policy
@@ -101,3 +103,28 @@ def test_worker_steering_exact(world):
         assert not dp.reconcile(more, verify=True)
         dp.flush()
         nothing_left(w)
+
+
+def test_steering_flush_waits_for_a_pause_in_the_reconciles_but_not_forever(netns_lab):
+    """The background conntrack dump must not overlap a burst of commits (it slows them),
+    and must still run when the changes never pause."""
+    from vipmgr.dataplane.conntrack import FlowFlush
+    from vipmgr.dataplane.reconcile import _SteerFlusher
+
+    ns = netns_lab.add("ct")
+    spec = [FlowFlush("steer egw (pol)", frozenset({VM1}), ("203.0.113.0/24",))]
+    idle = [0.0]  # seconds the kernel thread has been idle: 0 = a reconcile is running
+    flusher = _SteerFlusher(ns.name, lambda: idle[0])
+    try:
+        waiting = flusher.add(spec)
+        time.sleep(0.4)
+        assert not waiting.done(), "dumped in the middle of a burst"
+        idle[0] = 1.0
+        assert waiting.result(2) == {"steer egw (pol)": 0}
+
+        idle[0] = 0.0
+        started = time.monotonic()
+        assert flusher.add(spec).result(5) == {"steer egw (pol)": 0}
+        assert _SteerFlusher.MAX_DEFER <= time.monotonic() - started < _SteerFlusher.MAX_DEFER + 1
+    finally:
+        flusher.close()

@@ -38,7 +38,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 from pyroute2 import Conntrack, IPRoute
 
@@ -115,7 +115,10 @@ class Dataplane:
         self.deadman_timeout = deadman_timeout
         self._thread = NetnsThread(netns)
         self._background = NetnsThread(netns, "vipmgr-dp-bg")
-        self._steer_flusher = _SteerFlusher(netns)
+        # the kernel thread's activity, written there, read by the steering flusher
+        self._busy = False
+        self._last_done = time.monotonic()
+        self._steer_flusher = _SteerFlusher(netns, self._idle_for)
         # the dead-man refresh has its own thread and nft context: it never queues behind
         # a reconcile (only behind the kernel's commit of another transaction)
         self._arming = NetnsThread(netns, "vipmgr-dp-arm")
@@ -186,11 +189,19 @@ class Dataplane:
 
     def _reconcile_or_forget(self, plan: NodePlan, deadlines: dict[str, float],
                              verify: bool) -> Report:
+        self._busy = True
         try:
             return self._reconcile(plan, deadlines, verify)
         except BaseException:
             self._known = None
             raise
+        finally:
+            self._last_done = time.monotonic()
+            self._busy = False
+
+    def _idle_for(self) -> float:
+        """Seconds since the kernel thread last finished a reconcile; 0 while one runs."""
+        return 0.0 if self._busy else time.monotonic() - self._last_done
 
     def _reconcile(self, plan: NodePlan, deadlines: dict[str, float], verify: bool) -> Report:
         have = self._known if (self._known is not None and not verify) else self._read()
@@ -400,15 +411,20 @@ class Dataplane:
 class _SteerFlusher:
     """Deletes the conntrack entries of newly steered VMs, one dump per burst of changes.
 
-    A dump walks the whole conntrack hash (~13 ms of CPU even when empty), so it runs
-    on its own low-priority thread, waits ``GATHER`` seconds to collect every VM a burst
-    of reconciles steered, and serves them all with one dump. Waiting is harmless: the
-    steering chain already drops these flows; deleting them only lets them restart.
+    A dump walks the whole conntrack hash (~13 ms in the kernel even when empty) and an
+    nft commit that overlaps it waits for it, so it runs on its own low-priority thread,
+    collects every VM a burst of reconciles steered, and starts only once the kernel
+    thread has been idle for ``GATHER`` seconds (at the latest ``MAX_DEFER`` after the
+    first request): one dump per burst, between the burst's commits rather than inside
+    them. Waiting is harmless: the steering chain already drops these flows; deleting
+    them only lets them restart sooner.
     """
 
     GATHER = 0.05
+    MAX_DEFER = 1.0
 
-    def __init__(self, netns: str | None) -> None:
+    def __init__(self, netns: str | None, idle_for: Callable[[], float]) -> None:
+        self._idle_for = idle_for
         self._thread = NetnsThread(netns, "vipmgr-dp-ct", nice=10)
         self._lock = threading.Lock()
         self._pending: list[conntrack.FlowFlush] = []
@@ -423,7 +439,10 @@ class _SteerFlusher:
             return self._future
 
     def _run(self) -> dict[str, int]:
+        give_up = time.monotonic() + self.MAX_DEFER
         time.sleep(self.GATHER)
+        while self._idle_for() < self.GATHER and time.monotonic() < give_up:
+            time.sleep(self.GATHER / 5)
         with self._lock:
             specs, self._pending, self._future = self._pending, [], None
         ct = Conntrack()  # its own socket: the main one belongs to the kernel thread
