@@ -128,3 +128,22 @@ def test_steering_flush_waits_for_a_pause_in_the_reconciles_but_not_forever(netn
         assert _SteerFlusher.MAX_DEFER <= time.monotonic() - started < _SteerFlusher.MAX_DEFER + 1
     finally:
         flusher.close()
+
+
+def test_counter_reader_sees_what_nft_lists_and_nothing_without_the_table(netns_lab):
+    from vipmgr.dataplane.kernel import NetnsThread
+    from vipmgr.dataplane.nftarm import CounterReader
+
+    ns = netns_lab.add("cnt")
+    thread = NetnsThread(ns.name)
+    reader = thread.call(CounterReader)
+    try:
+        assert thread.call(reader.packets) == {}
+        ns.run(["nft", "-f", "-"], input="table inet vipmgr {\n"
+               " counter g-egw-fenced { packets 7 bytes 700 }\n"
+               " counter g-egw-misrouted { packets 0 bytes 0 }\n}\n"
+               "table inet other {\n counter g-egw-fenced { packets 99 bytes 1 }\n}\n")
+        assert thread.call(reader.packets) == {"g-egw-fenced": 7, "g-egw-misrouted": 0}
+    finally:
+        thread.call(reader.close)
+        thread.close()

@@ -45,7 +45,7 @@ from pyroute2 import Conntrack, IPRoute
 from vipmgr.config.timers import Timers
 from vipmgr.dataplane import conntrack, garp, layout as L, nftstate
 from vipmgr.dataplane.kernel import KernelError, NetnsThread, Nft, NftMissing
-from vipmgr.dataplane.nftarm import ArmSocket
+from vipmgr.dataplane.nftarm import ArmSocket, CounterReader
 from vipmgr.dataplane.rtnl import RouteKey, RouteSocket, RouteVal
 from vipmgr.dataplane.plan import NodePlan
 
@@ -124,6 +124,7 @@ class Dataplane:
         self._arming = NetnsThread(netns, "vipmgr-dp-arm")
         self._nft: Nft = self._thread.call(Nft)
         self._arm_sock: ArmSocket = self._arming.call(ArmSocket)
+        self._counters: CounterReader = self._thread.call(CounterReader)
         self._ipr: IPRoute = self._thread.call(IPRoute)
         self._rt: RouteSocket = self._thread.call(RouteSocket)
         self._ct: Conntrack = self._thread.call(Conntrack)
@@ -361,12 +362,8 @@ class Dataplane:
                  for reason, fn in L.DROP_COUNTERS}
         if not names:
             return {}
-        try:
-            objects = self._nft.list_json(f"counters table inet {L.TABLE}")
-        except NftMissing:
-            return {}
-        return {names[c["name"]]: c.get("packets", 0)
-                for c in (o["counter"] for o in objects if "counter" in o) if c["name"] in names}
+        return {names[name]: packets for name, packets in self._counters.packets().items()
+                if name in names}
 
     # --- show, flush ------------------------------------------------------------------
 
@@ -394,6 +391,7 @@ class Dataplane:
         self._thread.call(self._ipr.close)
         self._thread.call(self._rt.close)
         self._thread.call(self._ct.close)
+        self._thread.call(self._counters.close)
         self._thread.call(self._nft.close)
         self._arming.call(self._arm_sock.close)
         self._thread.close()
