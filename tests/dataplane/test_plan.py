@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from dpworld import GA_PRIMARY, NODES, VIP, VM1, VMS, gateway, plan_for, policy, resource
+from dpworld import GA_PRIMARY, NODES, VIP, VM1, VM2, VMS, gateway, plan_for, policy, resource
 
 from vipmgr.dataplane import nftstate
 from vipmgr.dataplane.plan import build_node_plan, collapse_cidrs, egress_ip, gateway_slots
@@ -85,5 +85,15 @@ def test_diff_is_empty_against_itself_and_incremental():
         {"app": "backend"}, namespace="default")])
     batch = nftstate.diff(observed, nftstate.desired(more))
     adds = [line for line in batch.lines if line.startswith("add element")]
-    assert adds == ["add element inet vipmgr p-pol-all { 198.18.3.2 }"]
+    assert adds == ["add element inet vipmgr cluster { 198.18.3.2 }",
+                    "add element inet vipmgr p-pol-all { 198.18.3.2 }"]
     assert all("chain" not in line for line in batch.lines), "a new VM rewrites no rule"
+
+
+def test_in_cluster_destinations_are_every_node_and_vm_address():
+    plan = plan_for("w", {"egw": "ga"})
+    assert plan.in_cluster == {"198.51.100.11", "192.0.2.11", "198.51.100.12", "192.0.2.12",
+                               "198.51.100.21", "198.18.0.21", VM1, VM2}
+    assert "ip daddr != @cluster" in nftstate.desired(plan).chains[("inet", "vm_steer")][0]
+    # a node with nothing to plan gets no set
+    assert plan_for("w", {}, policies=[policy(app="nobody")]).in_cluster == frozenset()

@@ -96,6 +96,20 @@ def test_vm_on_the_active_node_is_snated_and_answered(world):
     assert {r.source for r in world.records() if 3000 <= r.seq < 4000} == {VIP}
 
 
+def test_in_cluster_destinations_are_left_alone_even_for_a_policy_of_everything(world):
+    # policy for 0.0.0.0/0 and nobody active: vm1 cannot leave the cluster, but still
+    # reaches vm2 (another VM, a cluster address) directly
+    everything = [policy(cidrs=("0.0.0.0/0",))]
+    with Dataplane(world["w"].name, LONG) as w:
+        w.reconcile(plan_for("w", {"egw": None}, policies=everything))
+        assert world.udp("vm1", range(4000, 4002), timeout=0.2) == ["-"] * 2
+        dropped = counter(world["w"], "g-egw-failclosed")
+        assert dropped >= 2
+        ping = world["vm1"].run(["ping", "-c", "2", "-i", "0.2", "-W", "1", VM2], check=False)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        assert counter(world["w"], "g-egw-failclosed") == dropped
+
+
 def test_garp_moves_the_neighbours_arp_cache(world):
     echo = world["echo"]
     mac_a, mac_b = world.mac("ga", "eth1"), world.mac("gb", "eth1")

@@ -37,6 +37,7 @@ ARP_CHAINS = (
     ("arp", "vip_in", "filter", "input", "filter"),  # requests for a VIP unless armed: drop
     ("arp", "vip_out", "filter", "output", "filter"),  # our ARP with a VIP as sender unless armed
 )
+CLUSTER = "cluster"  # inet set: in-cluster destinations, excluded from every rule
 ARP_VIPS = "vips"
 ARP_ARMED = "armed"
 

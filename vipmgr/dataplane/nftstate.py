@@ -69,6 +69,9 @@ def desired(plan: NodePlan) -> NftState:
         if elements is not None:
             st.elements[(fam, name)] = frozenset(elements)
 
+    if plan.gateways or plan.steering:
+        add_set("inet", L.CLUSTER, SetSpec("ipv4_addr"), plan.in_cluster)
+    outside = f"ip daddr != @{L.CLUSTER}"  # in-cluster traffic never uses the gateway
     for gw in plan.gateways:
         armed = L.gateway_armed(gw.name)
         add_set("inet", armed, SetSpec("nf_proto", timeout=True), None)
@@ -78,8 +81,9 @@ def desired(plan: NodePlan) -> NftState:
             add_set("inet", src, SetSpec("ipv4_addr"), sel.sources)
             add_set("inet", dst, SetSpec("ipv4_addr", interval=True), sel.cidrs)
             inet["gw_gate"].append(f"ct original ip saddr @{src} ct original ip daddr @{dst} "
-                                f"meta nfproto != @{armed} counter name \"{L.gateway_fenced(gw.name)}\" "
-                                "drop")
+                                   f"ct original ip daddr != @{L.CLUSTER} "
+                                   f"meta nfproto != @{armed} "
+                                   f"counter name \"{L.gateway_fenced(gw.name)}\" drop")
         role = gw.active
         if role is None:
             st.standby[armed] = L.gateway_egress(gw.name)
@@ -88,7 +92,8 @@ def desired(plan: NodePlan) -> NftState:
         misrouted = L.gateway_misrouted(gw.name)
         st.counters.add(("inet", misrouted))
         for sel in gw.selections:
-            match = f"ip saddr @{L.policy_all(sel.policy)} ip daddr @{L.policy_dst(sel.policy)}"
+            match = (f"ip saddr @{L.policy_all(sel.policy)} ip daddr @{L.policy_dst(sel.policy)} "
+                     f"{outside}")
             inet["gw_snat"].append(f"oifname \"{role.interface}\" {match} "
                                    f"snat ip to {role.egress_ip}")
             # no leak: what the node's routes send out of another interface would not be
@@ -102,7 +107,7 @@ def desired(plan: NodePlan) -> NftState:
             src, dst = L.policy_local(sel.policy), L.policy_dst(sel.policy)
             add_set("inet", src, SetSpec("ipv4_addr"), sel.sources)
             add_set("inet", dst, SetSpec("ipv4_addr", interval=True), sel.cidrs)
-            match = f"ip saddr @{src} ip daddr @{dst}"
+            match = f"ip saddr @{src} ip daddr @{dst} {outside}"
             if sp.next_hop is None:
                 inet["vm_steer"].append(f"{match} counter name \"{counter}\" drop")
             else:

@@ -20,6 +20,12 @@ A node may play three parts for a gateway, and the plan says which:
 Selections are kept per policy, not merged per gateway: two policies of one
 gateway with different CIDRs must not select each other's VMs for each
 other's destinations.
+
+In-cluster destinations (every registered node's and VM's address) are left
+out of all three parts, as Cilium's egress gateway leaves in-cluster traffic
+alone: a policy for ``0.0.0.0/0`` selects what leaves the cluster, so a
+selected VM still talks to its neighbours directly, also while its gateway
+has no active node.
 """
 
 from __future__ import annotations
@@ -97,6 +103,7 @@ class NodePlan:
     gateways: tuple[GatewayPlan, ...] = ()
     steering: tuple[SteerPlan, ...] = ()
     problems: tuple[str, ...] = ()  # why something could not be planned (never silently)
+    in_cluster: frozenset[str] = frozenset()  # destinations never steered, gated or SNATed
 
     @property
     def active(self) -> tuple[GatewayPlan, ...]:
@@ -228,4 +235,10 @@ def build_node_plan(node_name: str, gateways: Iterable[EgressGateway],
                     problems.append(f"gateway {name}: active node {holder} has no internal IP; "
                                     "its traffic is dropped here")
             steer_plans.append(SteerPlan(name, slots[name], local, next_hop))
-    return NodePlan(node_name, tuple(gateway_plans), tuple(steer_plans), tuple(problems))
+    in_cluster = frozenset()
+    if gateway_plans or steer_plans:
+        in_cluster = frozenset(ip for n in by_node.values()
+                               for ip in (n.internal_ip, *n.addresses.values()) if ip) \
+            | frozenset(ip for vm in vm_list for ip in vm.addresses)
+    return NodePlan(node_name, tuple(gateway_plans), tuple(steer_plans), tuple(problems),
+                    in_cluster)
