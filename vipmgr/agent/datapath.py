@@ -205,14 +205,23 @@ class NodeDatapath:
         for future in report.announcements:
             future.add_done_callback(lambda f: self._garp_done(f, vip_owner))
 
-    async def read_drops(self) -> None:
-        """Periodic: the kernel's drop counters into ``vipmgr_dropped_packets_total``."""
-        try:
-            counts = await asyncio.wrap_future(self.dp.drops_nowait())
-        except (KernelError, OSError) as exc:
+    def read_drops(self) -> None:
+        """Periodic: the kernel's drop counters into ``vipmgr_dropped_packets_total``.
+
+        Not awaited: the read queues behind reconciles on the kernel thread, and the
+        caller's self-check must not wait for them. The result is handled on that thread
+        (the only one that ever calls ``drops_read``)."""
+        self.dp.drops_nowait().add_done_callback(self._drops_done)
+
+    def _drops_done(self, future) -> None:
+        exc = future.exception()
+        if isinstance(exc, (KernelError, OSError)):
             LOG.warning(f"reading the drop counters failed: {exc}", extra={"node": self.node})
-            return
-        self.metrics.drops_read(counts)
+        elif exc is not None:
+            LOG.error(f"reading the drop counters: {exc!r}", exc_info=exc,
+                      extra={"node": self.node})
+        else:
+            self.metrics.drops_read(future.result())
 
     def _garp_done(self, future, vip_owner: dict[tuple[str, str], str]) -> None:
         """Runs on the GARP thread: count what went out (metrics are thread-safe)."""

@@ -476,7 +476,7 @@ class Agent:
             now = time.monotonic()
             if now - last_drops >= DROPS_INTERVAL:
                 last_drops = now
-                await self.datapath.read_drops()
+                self.datapath.read_drops()
             if now - last_verify >= self.config.reconcile_interval:
                 last_verify = now
                 await self.datapath.verify()
