@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := etcd-server nftables conntrack iproute2 tshark prometheus keepalived iputils-ping procps
+APT_PACKAGES := etcd-server nftables conntrack conntrackd iproute2 tshark prometheus keepalived iputils-ping procps
 PYTEST_ARGS ?=
 
 .PHONY: deps system-deps venv test demo clean

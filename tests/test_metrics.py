@@ -39,6 +39,19 @@ FAMILIES = {
     "vipmgr_deadman_refreshes_total": "counter",
     "vipmgr_dropped_packets_total": "counter",
     "vipmgr_probe_up": "gauge",
+    "vipmgr_history_write_failures_total": "counter",
+    "vipmgr_heartbeat_auth_mode": "gauge",
+    "vipmgr_heartbeat_insecure": "gauge",
+    "vipmgr_etcd_member_moves_total": "counter",
+    "vipmgr_event_loop_lag_seconds_count": "histogram",
+    "vipmgr_conntrack_sync_entries_total": "counter",
+    "vipmgr_conntrack_sync_cached_entries": "gauge",
+    "vipmgr_conntrack_sync_lag_seconds": "gauge",
+    "vipmgr_conntrack_sync_resyncs_total": "counter",
+    "vipmgr_conntrack_sync_injected_total": "counter",
+    "vipmgr_conntrack_sync_inject_seconds": "gauge",
+    "vipmgr_conntrack_sync_rejected_total": "counter",
+    "vipmgr_conntrack_sync_overflow_total": "counter",
 }
 
 
@@ -62,13 +75,23 @@ def exercise(m: AgentMetrics) -> None:
     m.gateway_exists("gw1", "VirtualIPAddress")
     m.gateway_joined("gw1")
     m.role_changed("gw1", "standby", "active", "holder_lost", active=True)
-    m.failover_completed("gw1", "holder_lost")
+    m.failover_completed("gw1", "silence")
     m.epoch_seen("gw1", 4711)
     m.etcd_loss_mode_changed("gw1", False)
     m.heartbeat_sent("gw1", "eth1")
     m.heartbeat_received("gw1")
     m.heartbeat_rejected("auth")
     m.heartbeat_path_changed("gw1", True)
+    m.heartbeat_auth("etcd", "k1")
+    m.etcd_member_moved()
+    m.loop_lag(0.003)
+    m.ctsync_replicated("gw1", "sent", 5)
+    m.ctsync_entries("gw1", 5)
+    m.ctsync_lag("gw1", 0.01)
+    m.ctsync_resync("gw1", "requested")
+    m.ctsync_committed("gw1", created=4, existed=1, failed=0, seconds=0.005)
+    m.ctsync_rejected("auth")
+    m.ctsync_overflow("gw1", 1)
     m.etcd_connection(True)
     with m.etcd_request("txn"):
         pass
@@ -78,7 +101,8 @@ def exercise(m: AgentMetrics) -> None:
     m.node_eligibility(evaluate_eligibility(health_ready=True, cordoned=False, datapath_ready=True))
     m.gateway_eligibility("gw1", True)
     m.garp_sent("gw1", "eth1", 3)
-    m.conntrack_entries_deleted("gw1", 12)
+    m.conntrack_entries_deleted("gw1", 12, reason="take")
+    m.history_write_failed("gw1")
     m.snat_sets("gw1", sources=5, cidrs=2)
     m.deadman_refreshed("gw1")
     m.drops_read({("gw1", "fenced"): 7})
@@ -100,13 +124,13 @@ def test_values_after_exercise(metrics):
     assert value(r, "vipmgr_gateway_role", gateway="gw1", node="node-a", role="active") == 1
     assert value(r, "vipmgr_gateway_role", gateway="gw1", node="node-a", role="standby") == 0
     assert value(r, "vipmgr_gateway_transitions_total", gateway="gw1", reason="holder_lost") == 1
-    assert value(r, "vipmgr_gateway_failovers_total", gateway="gw1", reason="holder_lost") == 1
-    assert value(r, "vipmgr_gateway_failovers_total", gateway="gw1", reason="health") == 0
+    assert value(r, "vipmgr_gateway_failovers_total", gateway="gw1", reason="silence") == 1
+    assert value(r, "vipmgr_gateway_failovers_total", gateway="gw1", reason="cordon") == 0
     assert value(r, "vipmgr_gateway_epoch", gateway="gw1") == 4711
     assert value(r, "vipmgr_gateway_info", gateway="gw1", mode="VirtualIPAddress") == 1
     assert value(r, "vipmgr_heartbeats_rejected_total", reason="auth") == 1
     assert value(r, "vipmgr_garp_sent_total", gateway="gw1", interface="eth1") == 3
-    assert value(r, "vipmgr_conntrack_entries_deleted_total", gateway="gw1") == 12
+    assert value(r, "vipmgr_conntrack_entries_deleted_total", gateway="gw1", reason="take") == 12
     assert value(r, "vipmgr_snat_sources", gateway="gw1") == 5
     assert value(r, "vipmgr_etcd_request_duration_seconds_count", operation="txn") == 1
     assert value(r, "vipmgr_probe_up", probe="uplink", kind="carrier") == 1
@@ -158,8 +182,48 @@ def test_leaving_and_deleting_a_gateway_drops_its_state_series(metrics):
         "vipmgr_gateway_transitions_total", "vipmgr_gateway_failovers_total",
         "vipmgr_heartbeats_sent_total", "vipmgr_heartbeats_received_total",
         "vipmgr_garp_sent_total", "vipmgr_conntrack_entries_deleted_total",
-        "vipmgr_deadman_refreshes_total", "vipmgr_dropped_packets_total"})
+        "vipmgr_deadman_refreshes_total", "vipmgr_dropped_packets_total",
+        "vipmgr_history_write_failures_total", "vipmgr_conntrack_sync_entries_total",
+        "vipmgr_conntrack_sync_resyncs_total", "vipmgr_conntrack_sync_injected_total",
+        "vipmgr_conntrack_sync_overflow_total"})
     assert value(metrics.registry, "vipmgr_gateway_active", gateway="gw2", node="node-a") == 0
+
+
+def test_heartbeat_auth_mode_is_one_gauge_per_mode(metrics):
+    metrics.heartbeat_auth("insecure")
+    r = metrics.registry
+    assert value(r, "vipmgr_heartbeat_insecure") == 1
+    metrics.heartbeat_auth("file", "key-2")
+    assert [value(r, "vipmgr_heartbeat_auth_mode", mode=m) for m in ("etcd", "file", "insecure")] \
+        == [0, 1, 0]
+    assert value(r, "vipmgr_heartbeat_insecure") == 0
+
+
+def test_every_gauge_has_a_value_at_join(metrics):
+    """A fresh member exports the truth before anything happened: standby, eligible as
+    evaluated at join, epoch 0 (nobody seen yet), every failover reason at 0."""
+    metrics.gateway_joined("gw1", eligible=True)
+    r = metrics.registry
+    assert value(r, "vipmgr_gateway_eligible", gateway="gw1", node="node-a") == 1
+    assert value(r, "vipmgr_gateway_active", gateway="gw1", node="node-a") == 0
+    assert value(r, "vipmgr_gateway_role", gateway="gw1", node="node-a", role="standby") == 1
+    assert value(r, "vipmgr_gateway_epoch", gateway="gw1") == 0
+    assert value(r, "vipmgr_snat_sources", gateway="gw1") == 0
+    from vipmgr.agent.events import REASONS
+    for reason in REASONS:
+        assert value(r, "vipmgr_gateway_failovers_total", gateway="gw1", reason=reason) == 0
+
+
+@pytest.mark.parametrize("gateway, reason, label", [
+    ("egw", "take", "take"), ("egw", "leave", "leave"), ("egw", "leave egw (192.0.2.100)", "other"),
+])
+def test_conntrack_labels_are_bounded(metrics, gateway, reason, label):
+    """Issue 13 bug 3: the gateway label is the gateway's name, the reason one of a few
+    words; no address or policy name ever becomes a label value."""
+    metrics.conntrack_entries_deleted(gateway, 3, reason)
+    series = [dict(k[1]) for k, v in samples(metrics.registry).items()
+              if k[0] == "vipmgr_conntrack_entries_deleted_total" and v]
+    assert series == [{"gateway": gateway, "reason": label}]
 
 
 def test_gateway_mode_change_replaces_the_info_series(metrics):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from vipmgr.lab.bench import seed_network
 from vipmgr.lab.runtime import LabError, deploy, destroy
-from vipmgr.lab.topology import default_topology_path, load
 from waiting import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -39,7 +39,7 @@ probes:
 @pytest.fixture(scope="module")
 def lab():
     destroy(LAB)
-    lab = deploy(load(default_topology_path()).renamed(LAB))
+    lab = deploy(seed_network(LAB))
     try:
         out = lab.exec("etcd", ["vipmgr", "apply", "-f", str(MANIFESTS / "lab-inventory.yaml"),
                                 "-f", str(MANIFESTS / "egressgateway-virtual-ip.yaml"),
@@ -175,7 +175,7 @@ def test_status_exit_codes_follow_eligibility(lab):
     try:
         wait_for(lambda: status(lab)[0] == 1, 3, "degraded: no eligible standby")
         vipmgr(lab, "cordon", holder)
-        wait_for(lambda: status(lab)[0] == 2, 3, "no active node")
+        wait_for(lambda: status(lab)[0] == 4, 3, "no active node")
         assert serving_nodes(lab) == []
     finally:
         for node in GWS:

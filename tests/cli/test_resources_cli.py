@@ -52,6 +52,8 @@ def test_seed_manifests_apply_and_round_trip(vipmgr):
     assert "172.18.18.242" in vipmgr("get", "egressgateways", "-o", "wide").output
     vipmgr("apply", "-f", seed("egressgatewaypolicy.yaml"))
     assert "egress-gw-policy" in vipmgr("get", "egwp").output
+    desc = vipmgr("describe", "egw", "egress-gw").output
+    assert "Policies:         egress-gw-policy" in desc and "Events: <none>" in desc
 
 
 def test_invalid_second_document_stores_nothing(vipmgr, tmp_path):
@@ -141,9 +143,9 @@ def test_unknown_kind_lists_known_ones(vipmgr):
     assert "egressgateways (egressgateway/egw)" in res.output
 
 
-def test_unreachable_etcd_one_line_exit_2():
+def test_unreachable_etcd_one_line_exit_3():
     proc = subprocess.run([sys.executable, "-m", "vipmgr.cli", "get", "egw", "--etcd",
                            "http://127.0.0.1:1"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
+    assert proc.returncode == 3
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "127.0.0.1:1" in proc.stderr and "Traceback" not in proc.stderr

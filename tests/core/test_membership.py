@@ -21,14 +21,16 @@ STEP = T.standby_advert_interval / 2
 
 def echoing(d: Driver, start: float, end: float, echoers: dict[str, float]) -> None:
     """Run ``d`` from ``start`` to ``end``; each node in ``echoers`` echoes our latest
-    advert every STEP until its own stop time."""
+    advert every STEP until its own stop time. While ``d`` is cut from etcd so are
+    they (an etcd outage: the active keeps serving on echoes, no handover)."""
     t = start
     while t < end:
         t = min(t + STEP, end)
         d.run_until(t)
         for node, stop in echoers.items():
             if t <= stop and d.el.role is Role.ACTIVE:
-                d.hear(node, role=ROLE_STANDBY, echo=t - T.advert_interval, at=t)
+                d.hear(node, role=ROLE_STANDBY, echo=t - T.advert_interval, at=t,
+                       etcd_ok=not d.cut)
 
 
 def cut_active(members=("a", "b")) -> Driver:

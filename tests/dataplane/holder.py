@@ -17,5 +17,5 @@ dp.reconcile(plan, arm=True)
 print("ready", flush=True)
 while True:
     for gw in plan.active:
-        dp.refresh(gw.name, dp.deadman_timeout)
+        dp.refresh(gw.name, gw.active.deadman_timeout)
     time.sleep(period)

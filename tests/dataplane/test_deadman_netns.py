@@ -3,13 +3,14 @@ never re-arming what a reconcile withdrew."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
 import pytest
-from dpworld import VIP, gateway, plan_for, policy
+from dpworld import VIP, gateway, plan_for, policy, resource
 
-from vipmgr.dataplane.reconcile import Dataplane
+from vipmgr.dataplane.reconcile import Dataplane, Refresh
 
 pytestmark = pytest.mark.netns
 VIP2 = "192.0.2.101"
@@ -21,6 +22,13 @@ def armed(ns, gateway: str) -> str:
     """The elements of the gateway's dead-man set, as nft prints them ('' when empty)."""
     out = ns.run(["nft", "list", "set", "inet", "vipmgr", f"g-{gateway}-armed"]).stdout
     return out.split("elements = {")[1].split("}")[0].strip() if "elements" in out else ""
+
+
+def timeout_ms(ns, gateway: str) -> int:
+    """The element's timeout as nft prints it ("4s492ms", "90ms", "5s"), in ms."""
+    text = armed(ns, gateway).split("timeout ")[1].split()[0]
+    secs, ms = re.fullmatch(r"(?:(\d+)s)?(?:(\d+)ms)?", text).groups()
+    return int(secs or 0) * 1000 + int(ms or 0)
 
 
 def test_refresh_does_not_wait_behind_a_busy_reconcile(world):
@@ -64,7 +72,9 @@ def test_refresh_does_not_wait_behind_a_busy_reconcile(world):
               f"{durations[len(durations) // 2] * 1e3:.2f} ms, max {durations[-1] * 1e3:.2f} ms; "
               f"caller max {max(caller) * 1e6:.0f} µs")
         assert not refused, "a refresh did not arm"
-        assert len(durations) >= 12 and durations[-1] < 0.01
+        # a refresh queued behind the held reconcile would wait for the whole hold (10 s);
+        # how fast a free one is, is the bench's figure, not this test's
+        assert len(durations) >= 12 and durations[-1] < 0.25
         time.sleep(0.15)
         assert armed(ga, "egw") == "", "no refresh: the element expires by itself"
         assert world.udp("vm1", range(6, 8), timeout=0.2) == ["-", "-"]
@@ -74,8 +84,9 @@ def test_two_gateways_expire_independently(world):
     ga = world["ga"]
     gws, pols = TWO_GATEWAYS, TWO_POLICIES
     active = {"egw": "ga", "egw2": "ga"}
-    with Dataplane(ga.name, deadman_timeout=1.0) as dp, Dataplane(world["w"].name, 60) as w:
-        report = dp.reconcile(plan_for("ga", active, gws, pols), arm={"egw": 0.3, "egw2": 1.0})
+    # egw2's 5 s outlast the checks below on a loaded machine; egw's 0.3 s run out in them
+    with Dataplane(ga.name, deadman_timeout=5.0) as dp, Dataplane(world["w"].name, 60) as w:
+        report = dp.reconcile(plan_for("ga", active, gws, pols), arm={"egw": 0.3, "egw2": 5.0})
         assert set(report.armed) == {"egw", "egw2"} and report.armed["egw"] <= 300
         w.reconcile(plan_for("w", active, gws, pols))
         assert world.udp("vm1", range(1, 3)) == [VIP] * 2
@@ -90,9 +101,7 @@ def test_two_gateways_expire_independently(world):
         assert world.udp("vm1", range(5, 7)) == [VIP] * 2
         assert not dp.refresh("egw", 0.0009), "less than a millisecond left: not armed"
         assert dp.refresh("egw2", 30.0)
-        timeout = armed(ga, "egw2").split("timeout ")[1].split()[0]
-        assert timeout.endswith("ms") and "s" not in timeout[:-2], \
-            f"expiry not capped at deadman_timeout: {timeout}"
+        assert timeout_ms(ga, "egw2") <= 5000, "expiry not capped at deadman_timeout"
     assert {r.source for r in world.records()} == {VIP, VIP2}, "a datagram left unNATed"
 
 
@@ -109,7 +118,7 @@ def test_refresh_never_rearms_a_withdrawn_gateway(world):
         assert armed(ga, "egw") == "", "stepping down disarms in the same transaction"
         dp.reconcile(take, arm={"egw": 0.05})
         release.set()
-        assert stale.result(5) is False
+        assert stale.result(5) is Refresh.GONE
         time.sleep(0.1)
         assert armed(ga, "egw") == "", "the stale refresh re-armed the gateway"
 
@@ -124,3 +133,29 @@ def test_refresh_never_rearms_a_withdrawn_gateway(world):
         assert "inet vipmgr" not in ga.run(["nft", "list", "tables"]).stdout
         dp.reconcile(standby, verify=True)
         assert not dp.refresh("egw", 0.5), "not served here: nothing to arm"
+
+
+SLOW_TIMERS = {"advertInterval": "1s", "standbyAdvertInterval": "2s",
+               "challengeWindow": "6500ms", "fenceDeadline": "6s", "confirmLead": "3s",
+               "deadmanTimeout": "5s", "leaseTTL": 30}
+
+
+def test_each_gateway_is_armed_for_its_own_deadman_timeout(world):
+    """A gateway with slower timers (deadmanTimeout 5 s) is armed and refreshed for as
+    long as its core asks, not capped at the 100 ms default — which expired its kernel
+    state between 100 ms adverts (periodic self-fencing). Read from the kernel's own
+    element timeouts, so a loaded machine cannot blur it."""
+    slow = resource("EgressGateway", "egw", {**gateway("egw").manifest["spec"],
+                                             "failover": {"timers": SLOW_TIMERS}})
+    fast = gateway("egw2", vip=VIP2)
+    ga = world["ga"]
+    plan = plan_for("ga", {"egw": "ga", "egw2": "ga"}, [slow, fast], TWO_POLICIES)
+
+    with Dataplane(ga.name) as dp:
+        dp.reconcile(plan)  # installed first: the arming reconcile then has nothing else to do
+        report = dp.reconcile(plan, arm={"egw": 4.5, "egw2": 4.5})
+        assert report.armed["egw"] > 1000 and report.armed["egw2"] <= 100, report.armed
+        assert timeout_ms(ga, "egw") > 1000
+        assert dp.refresh_nowait("egw", 4.5).result(5)
+        assert timeout_ms(ga, "egw") > 1000, "the refresh was capped at the default 100 ms"
+        assert dp.refresh_nowait("egw2", 4.5).result(5)

@@ -49,7 +49,7 @@ def test_take_release_exact_and_idempotent(world, mode):
         assert_exactly(dp, take)
         # independent view through the tools, not our own reader
         nft = ga.run(["nft", "list", "table", "inet", "vipmgr"]).stdout
-        assert f"snat ip to {egress}" in nft and VM1 in nft
+        assert f"snat ip to {egress}" in nft and VM1 in nft and "jump g-egw-snat" in nft
         assert f"{VM1} via 198.51.100.21" in ga.ip("route", "show", "table", "7600").stdout
         has_vip = f"{VIP}/32" in ga.ip("addr", "show", "dev", "eth1").stdout
         assert has_vip == (mode == "VirtualIPAddress")
@@ -63,8 +63,18 @@ def test_take_release_exact_and_idempotent(world, mode):
         assert report and any("delete set inet g-egw-egress" in c for c in report.changes)
         assert_exactly(dp, standby)
         nft = ga.run(["nft", "list", "ruleset"]).stdout
-        assert "snat ip to" not in nft and "table arp" not in nft
+        assert "table arp" not in nft
         assert "gw_gate" in nft, "a member keeps the gate: stale steering is dropped here"
+        # the SNAT and leak-guard rules stay ready in the gateway's own chains, unreachable:
+        # the base chains no longer jump to them
+        for base in ("gw_snat", "gw_out"):
+            chain = ga.run(["nft", "list", "chain", "inet", "vipmgr", base]).stdout
+            assert "jump" not in chain, chain
+        assert f"snat ip to {egress}" in ga.run(["nft", "list", "chain", "inet", "vipmgr",
+                                                "g-egw-snat"]).stdout
+        # so do the return routes; the rule that makes their table count is gone
+        assert f"{VM1} via 198.51.100.21" in ga.ip("route", "show", "table", "7600").stdout
+        assert "lookup 7600" not in ga.ip("rule").stdout
         assert not dp.reconcile(standby, verify=True)
 
         dp.reconcile(take, arm=True)
@@ -112,7 +122,7 @@ def test_steering_flush_waits_for_a_pause_in_the_reconciles_but_not_forever(netn
     from vipmgr.dataplane.reconcile import _SteerFlusher
 
     ns = netns_lab.add("ct")
-    spec = [FlowFlush("steer egw (pol)", frozenset({VM1}), ("203.0.113.0/24",))]
+    spec = [FlowFlush("egw", "steer", frozenset({VM1}), ("203.0.113.0/24",))]
     idle = [0.0]  # seconds the kernel thread has been idle: 0 = a reconcile is running
     flusher = _SteerFlusher(ns.name, lambda: idle[0])
     try:
@@ -120,11 +130,11 @@ def test_steering_flush_waits_for_a_pause_in_the_reconciles_but_not_forever(netn
         time.sleep(0.4)
         assert not waiting.done(), "dumped in the middle of a burst"
         idle[0] = 1.0
-        assert waiting.result(2) == {"steer egw (pol)": 0}
+        assert waiting.result(2) == {("egw", "steer"): 0}
 
         idle[0] = 0.0
         started = time.monotonic()
-        assert flusher.add(spec).result(5) == {"steer egw (pol)": 0}
+        assert flusher.add(spec).result(5) == {("egw", "steer"): 0}
         assert _SteerFlusher.MAX_DEFER <= time.monotonic() - started < _SteerFlusher.MAX_DEFER + 1
     finally:
         flusher.close()

@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vipmgr.lab.bench import FailoverBench, Vipmgr, agent_available
+from vipmgr.lab.bench import FailoverBench, Vipmgr, agent_available, seed_network
 from vipmgr.lab.runtime import LabError, deploy, destroy
-from vipmgr.lab.topology import default_topology_path, load
 from waiting import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow,
@@ -84,7 +83,7 @@ def policy(name: str, gw: str, app: str, cidrs=("0.0.0.0/0",)) -> dict:
 @pytest.fixture(scope="module")
 def lab():
     destroy(LAB)
-    lab = deploy(load(default_topology_path()).renamed(LAB))
+    lab = deploy(seed_network(LAB))
     try:
         vipmgr(lab, "apply", "-f", str(MANIFESTS / "lab-inventory.yaml"))
         for node in AGENTS:

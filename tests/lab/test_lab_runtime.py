@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from vipmgr.lab.bench import seed_network
 from vipmgr.lab.echo import read_udp_log
 from vipmgr.lab.netns import list_namespaces
 from vipmgr.lab.runtime import Lab, LabError, deploy, destroy, state_root
-from vipmgr.lab.topology import default_topology_path, load, parse
+from vipmgr.lab.topology import parse
+from waiting import wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -29,7 +31,7 @@ def unique_name(nodeid: str) -> str:
 
 
 def seed_topology(name: str):
-    return load(default_topology_path()).renamed(name).with_cmds({gw: PLACEHOLDER for gw in GATEWAYS})
+    return seed_network(name).with_cmds({gw: PLACEHOLDER for gw in GATEWAYS})
 
 
 def assert_gone(lab: Lab) -> None:
@@ -254,7 +256,9 @@ def test_cmd_env_workdir_exec_and_wait_for_order(lab_name):
         "links": [{"endpoints": ["a:eth0", "b:eth0"]}]}})
     lab = deploy(topo)
     assert (lab.workdir("a") / "env").read_text() == "hello\n"
-    assert (lab.workdir("b") / "seen").read_text() == "../a/ready\n"  # b started after a was healthy
+    seen = lab.workdir("b") / "seen"  # b has no healthcheck: up does not wait for its cmd's output
+    text = wait_for(lambda: seen.exists() and seen.read_text(), 5, "b's cmd to write 'seen'")
+    assert text == "../a/ready\n"  # b started after a was healthy
     assert lab.exec("b", ["ping", "-c", "1", "-W", "2", "198.51.100.1"]).returncode == 0
     destroy(lab_name)
     assert_gone(lab)

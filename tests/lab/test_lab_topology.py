@@ -100,15 +100,45 @@ def test_merge_order_defaults_kinds_groups_node():
 
 def test_with_cmds_replaces_or_removes_main_processes():
     topo = load(default_topology_path())
-    changed = topo.with_cmds({"gw-a": "vipmgr agent --node gw-a", "internet": None})
-    assert changed.nodes["gw-a"].cmd == ("vipmgr", "agent", "--node", "gw-a")
+    changed = topo.with_cmds({"gw-a": "sleep 600", "internet": None})
+    assert changed.nodes["gw-a"].cmd == ("sleep", "600")
     assert changed.nodes["internet"].cmd == ()
-    assert topo.nodes["gw-a"].cmd == ()  # the original is untouched
+    assert topo.nodes["gw-a"].cmd[:4] == ("vipmgr", "agent", "--node", "gw-a")  # untouched
     with pytest.raises(TopologyError, match="no node"):
         topo.with_cmds({"gw-z": "x"})
 
 
+def test_the_seed_topology_runs_the_scenario_itself():
+    """Agents are the egress nodes' and workers' main processes; etcd's healthy-stage hook
+    applies the seed manifests, which exist relative to the topology file."""
+    topo = load(default_topology_path())
+    for node in (*GATEWAYS, "worker-a", "worker-b"):
+        assert topo.nodes[node].cmd[:4] == ("vipmgr", "agent", "--node", node)
+        assert topo.nodes[node].wait_for[0].node == "etcd"
+    (hook,) = topo.nodes["etcd"].stage_exec
+    assert hook.stage == "healthy" and hook.argv[:2] == ("vipmgr", "apply")
+    files = [hook.argv[i + 1] for i, a in enumerate(hook.argv) if a == "-f"]
+    assert files and all((default_topology_path().parent / f).is_file() for f in files)
+    assert not topo.without_stage_exec().nodes["etcd"].stage_exec
+
+
+def test_stage_exec_forms():
+    new = _topo({"a": {"kind": "linux", "healthcheck": {"test": ["CMD", "true"]}, "stages": {
+        "healthy": {"exec": [{"command": "echo hi", "phase": "on-enter"}]}}}})
+    old = _topo({"a": {"kind": "linux", "healthcheck": {"test": ["CMD", "true"]}, "stages": {
+        "healthy": {"exec": {"on-enter": ["echo hi"]}}}}})
+    assert parse(new).nodes["a"].stage_exec == parse(old).nodes["a"].stage_exec
+    assert parse(new).nodes["a"].stage_exec[0].argv == ("echo", "hi")
+
+
 @pytest.mark.parametrize("data, message", [
+    (_topo({"a": {"kind": "linux", "healthcheck": {"test": ["CMD", "true"]}, "stages": {
+        "healthy": {"exec": [{"command": "x", "phase": "on-enter", "target": "host"}]}}}}),
+     "target: container"),
+    (_topo({"a": {"kind": "linux", "healthcheck": {"test": ["CMD", "true"]}, "stages": {
+        "create": {"exec": [{"command": "x", "phase": "on-enter"}]}}}}), "only stage healthy"),
+    (_topo({"a": {"kind": "linux", "stages": {
+        "healthy": {"exec": [{"command": "x", "phase": "on-enter"}]}}}}), "never becomes healthy"),
     (_topo({"r": {"kind": "nokia_srlinux"}}), "not supported"),
     (_topo({"a": {"kind": "linux"}}, [("a:eth0", "b:eth0")]), "unknown node"),
     (_topo({"a": {"kind": "linux"}, "b": {"kind": "linux"}},

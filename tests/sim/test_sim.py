@@ -32,6 +32,52 @@ def test_a_few_hundred_schedules_hold_every_invariant():
     assert summary.graceful and max(summary.graceful) <= 0.02
 
 
+def test_seed_26814_no_takeover_while_a_vrrp_fallback_serves():
+    """onEtcdLoss vrrp: n4 cut from etcd, holder n1 crashes, n4 becomes vrrp-active; n3
+    (stalled while its Depose was sent) acquired and programmed while n4 was effective."""
+    assert run_one(26814).violations == []
+
+
+@pytest.mark.parametrize("policy", ["hold", "vrrp"])
+@pytest.mark.parametrize("nodes", [2, 3, 5])
+def test_etcd_partition_of_the_holder_alone_hands_over_before_its_lease_expires(policy, nodes):
+    """The holder cut from etcd for 3 s, nothing else wrong: workers (who follow the
+    authority key) must keep an effective holder. Before, the cut holder served on
+    echoes until its lease expired, then nobody held the key for the rest of the cut."""
+    from vipmgr.core.placement import rank_key, rendezvous_priority
+    from vipmgr.sim.schedule import Episode, Schedule
+    from vipmgr.sim.world import World
+    names = [f"n{i + 1}" for i in range(nodes)]
+    best = min(range(nodes), key=lambda i: rank_key(rendezvous_priority("gw1", names[i]),
+                                                     names[i]))
+    sched = Schedule(nodes, names, ["gw1"], policy, [0.001 * (i - 1) for i in range(nodes)],
+                     [100.0 * i for i in range(nodes)],
+                     [Episode("etcd_cut", 1.0, 3.0, node=best)], 4.0)
+    out = World(sched, Timers()).run()
+    assert out.violations == []
+    assert len(out.etcd_cut_handover) == 1, "no other node took over"
+    lease_expiry = Timers().lease_ttl * 2 / 3  # earliest, after the first failed request
+    assert out.etcd_cut_handover[0] < lease_expiry
+    assert out.etcd_cut_gap[0] <= 0.2  # one challenge window and a few round trips
+
+
+@pytest.mark.parametrize("seed", [248552990, 265811056])
+def test_nodes_that_stop_hearing_an_etcd_peer_together_do_not_fall_back_together(seed):
+    """onEtcdLoss vrrp, etcd outage (fresh-seed sweeps): the VRRP fallback waited while a
+    peer still advertised etcd reachability, then every waiting node fell back at the
+    instant that advert changed (the rank stagger counted from an instant long past)."""
+    assert run_one(seed).violations == []
+
+
+@pytest.mark.parametrize("seed", [5730, 5898])
+def test_a_preempting_standby_keeps_echoing_and_its_late_preempt_is_not_a_calm_change(seed):
+    """preempt on (10,000-schedule run): the preempt challenge was dropped at every advert
+    of the active it expects to hear and stopped echoing, so a holder cut from etcd lost
+    its evidence (5730); a preempt after one challenge back-off is configured, not a role
+    change without a cause (5898)."""
+    assert run_one(seed).violations == []
+
+
 def test_scheduling_jitter_does_not_fence_a_calm_active():
     """One member dead, so the active lives on etcd confirms; stalls and slow etcd
     replies of up to 40 ms must not make it fence itself (each fence is a blip)."""

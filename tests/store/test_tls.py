@@ -49,5 +49,5 @@ def test_tls_without_client_certificate_is_refused_with_one_line(tls_etcd):
     server, d = tls_etcd
     result = CliRunner().invoke(cli, ["get", "egw", "--etcd", server.url,
                                       "--cacert", str(d / "ca.pem")])
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert server.url.split("//")[1] in result.output

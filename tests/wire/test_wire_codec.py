@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import shutil
 import subprocess
+import sys
 
 import pytest
 from scapy.layers.inet import IP
@@ -48,14 +49,18 @@ def test_encode_matches_golden_bytes(advert, keys):
 
 
 def test_decode_golden_bytes(advert, keys):
-    frame, mac, signed = decode(GOLDEN_SIGNED)
+    frame = decode(GOLDEN_SIGNED, KeyRing((keys[1], keys[0])))
     assert frame.advert == advert
-    assert (frame.seq, frame.src, frame.dst, frame.authenticated) == \
-        (0x0102030405060708, "192.0.2.1", "224.0.0.18", True)
-    assert mac == hmac.new(keys[0], signed, hashlib.sha256).digest()
-    frame, mac, _ = decode(GOLDEN_UNICAST_PLAIN)
-    assert (frame.advert, frame.dst, mac, frame.authenticated) == \
-        (no_echo(advert), "192.0.2.2", None, False)
+    assert (frame.seq, frame.src, frame.dst, frame.authenticated, frame.key_index) == \
+        (0x0102030405060708, "192.0.2.1", "224.0.0.18", True, 1)
+    body = GOLDEN_SIGNED[20:]
+    assert body[-32:] == hmac.new(keys[0], body[:6] + b"\0\0" + body[8:-32],
+                                  hashlib.sha256).digest()
+    assert decode(GOLDEN_SIGNED, KeyRing((keys[1],))) is Reject.AUTH
+    frame = decode(GOLDEN_UNICAST_PLAIN)
+    assert (frame.advert, frame.dst, frame.authenticated, frame.key_index) == \
+        (no_echo(advert), "192.0.2.2", False, None)
+    assert decode(GOLDEN_UNICAST_PLAIN, KeyRing((keys[0],), require_auth=True)) is Reject.AUTH
 
 
 def test_trailer_version_1_is_rejected_as_version():
@@ -66,7 +71,7 @@ def test_trailer_version_1_is_rejected_as_version():
 def test_existing_callers_get_zero_stamps_and_no_echo():
     plain = Advert("a", "egress-1", 42, Role.STANDBY, 0, 1, 100, None, True, True)
     assert (plain.stamp, plain.echo_node, plain.echo_stamp) == (0.0, None, 0.0)
-    assert decode(Encoder(seq_start=1).encode(plain, "192.0.2.1"))[0].advert == plain
+    assert decode(Encoder(seq_start=1).encode(plain, "192.0.2.1")).advert == plain
 
 
 def test_stamps_round_down_to_whole_microseconds(advert):
@@ -75,7 +80,7 @@ def test_stamps_round_down_to_whole_microseconds(advert):
     enc = Encoder(seq_start=1)
     for sent, got in ((0.0000019, 0.000001), (1.9999999, 1.999999), (4660.123456, 4660.123456),
                       (0.3, 0.3), (2**33 - 1e-6, 8589934591.999999)):
-        frame, _, _ = decode(enc.encode(dataclasses.replace(advert, stamp=sent, echo_stamp=sent),
+        frame = decode(enc.encode(dataclasses.replace(advert, stamp=sent, echo_stamp=sent),
                                         "192.0.2.1"))
         assert frame.advert.stamp == frame.advert.echo_stamp == got <= sent
 
@@ -83,7 +88,7 @@ def test_stamps_round_down_to_whole_microseconds(advert):
 def test_echo_node_change_is_not_served_from_the_cache(advert):
     enc = Encoder(seq_start=1)
     for echo in ("node-b", None, "node-c", "node-b"):
-        frame, _, _ = decode(enc.encode(dataclasses.replace(advert, echo_node=echo), "192.0.2.1"))
+        frame = decode(enc.encode(dataclasses.replace(advert, echo_node=echo), "192.0.2.1"))
         assert frame.advert.echo_node == echo
 
 
@@ -94,7 +99,7 @@ def test_round_trip_variants(advert):
                     dataclasses.replace(advert, egress_ip=None, epoch=2**64 - 1,
                                         interval_ms=65535, node="ü" * 100, echo_node="ö" * 126,
                                         stamp=0.0, echo_stamp=2**33 - 1e-6)):
-        frame, _, _ = decode(enc.encode(variant, "203.0.113.7"))
+        frame = decode(enc.encode(variant, "203.0.113.7"))
         assert frame.advert == variant
     assert enc.seq == 12
 
@@ -177,3 +182,17 @@ def test_decode_rejects_foreign_vrrp():
     pkt = bytes(IP(src="192.0.2.9", dst="224.0.0.18", ttl=255)
                 / VRRPv3(vrid=7, priority=100, addrlist=["198.51.100.1"]))
     assert decode(pkt) is Reject.FOREIGN
+
+
+def test_vrrp_header_equals_scapys_and_the_codec_does_not_import_scapy(advert):
+    """The header is struct-packed (the agent never imports scapy); scapy's VRRPv3 layer
+    builds the same bytes for every shape."""
+    from vipmgr.wire.codec import _vrrp_template
+    for vrid, ms, ip in ((42, 20, "198.51.100.10"), (1, 65535, None), (255, 25, "192.0.2.1")):
+        ref = bytes(IP(proto=112) / VRRPv3(vrid=vrid, priority=0, adv=-(-ms // 10) if ms < 40950
+                                            else 4095, addrlist=[ip] if ip else [], chksum=0))
+        assert _vrrp_template(vrid, ms, ip) == ref[20:]
+    out = subprocess.run([sys.executable, "-c", "import sys, vipmgr.wire.transport; "
+                          "print(any(m.startswith('scapy') for m in sys.modules))"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import math
 import struct
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vipmgr.wire.codec import STAMP_US_MAX, TRAILER, Encoder, decode, inet_checksum
+from heartbeat_attacks import rechecksum
+from vipmgr.wire.codec import STAMP_US_MAX, Encoder, decode
 from vipmgr.wire.keys import KeyRing
 from vipmgr.wire.message import HEARD_MAX, STAMP_MAX, Advert, Frame, Reject, Role
 from vipmgr.wire.receiver import Receiver
@@ -41,13 +43,11 @@ def signed(advert: Advert, seq: int = 1) -> bytes:
     return Encoder(KEY, seq_start=seq).encode(advert, SRC)
 
 
-def refix_checksums(pkt: bytearray) -> bytes:
-    """Recompute both checksums after an edit, as an attacker on the segment would."""
-    pkt[10:12] = pkt[26:28] = b"\0\0"
-    pkt[10:12] = inet_checksum(pkt[:20])
-    pseudo = bytes(pkt[12:20]) + struct.pack(">BBH", 0, 112, len(pkt) - 20)
-    pkt[26:28] = inet_checksum(pseudo + bytes(pkt[20:]))
-    return bytes(pkt)
+def resign(pkt: bytearray) -> bytes:
+    """Re-sign after an edit, as a peer holding the key would (a buggy one, say)."""
+    body = pkt[20:]
+    pkt[-32:] = hmac.digest(KEY, bytes(body[:6]) + b"\0\0" + bytes(body[8:-32]), "sha256")
+    return rechecksum(pkt)
 
 
 def one_reason(r: Receiver, pkt: bytes) -> Frame | Reject:
@@ -69,11 +69,11 @@ def test_round_trip(advert, seq):
 @given(adverts, st.floats(0, STAMP_MAX, exclude_max=True), st.floats(0, STAMP_MAX, exclude_max=True))
 def test_any_stamp_decodes_to_its_microsecond_floor(advert, stamp, echo_stamp):
     sent = dataclasses.replace(advert, stamp=stamp, echo_stamp=echo_stamp)
-    got = decode(Encoder(seq_start=1).encode(sent, SRC))[0].advert
+    got = decode(Encoder(seq_start=1).encode(sent, SRC)).advert
     for before, after in ((stamp, got.stamp), (echo_stamp, got.echo_stamp)):
         # never later, and less than a microsecond (+ float spacing) earlier; exact: Sterbenz
         assert 0 <= before - after < 1e-6 + math.ulp(before)
-    assert decode(Encoder(seq_start=1).encode(got, SRC))[0].advert == got
+    assert decode(Encoder(seq_start=1).encode(got, SRC)).advert == got
 
 
 @FUZZ
@@ -98,7 +98,7 @@ def test_oversized(advert, extra):
     # even with the IP total length claiming the extra bytes, nothing but a reject comes out
     grown = bytearray(pkt + extra)
     grown[2:4] = struct.pack(">H", min(len(grown), 0xFFFF))
-    assert isinstance(one_reason(receiver(), refix_checksums(grown)), Reject)
+    assert isinstance(one_reason(receiver(), rechecksum(grown)), Reject)
 
 
 @FUZZ
@@ -123,22 +123,38 @@ def test_single_bit_flip_always_rejected(advert, data):
     assert isinstance(one_reason(receiver(require_auth=False), bytes(pkt)), Reject)
 
 
+def envelope(pkt: bytes | bytearray) -> set[int]:
+    """Byte offsets read before the HMAC check (they say where the signed part is) and not
+    covered by it: VRRP version/type, address count, checksum, magic, trailer version."""
+    trailer = 20 + 8 + 4 * pkt[23]
+    return {20, 23, 26, 27, *range(trailer, trailer + 5)}
+
+
 @FUZZ
 @given(adverts, st.data())
-def test_rechecksummed_tampering_fails_auth(advert, data):
-    """An attacker who fixes up both checksums after editing the VRRP part still fails HMAC."""
+def test_rechecksummed_tampering_is_always_auth(advert, data):
+    """Verify before believing: an attacker who edits any byte the HMAC covers (lengths,
+    names, sequence, stamps, the scheme byte, the HMAC itself) and fixes up both checksums
+    gets `auth`, never a reason that shows a claim was read first (malformed, truncated,
+    replay, unknown_gateway, …)."""
     pkt = bytearray(signed(advert))
-    pos = data.draw(st.integers(20, len(pkt) - 1).filter(lambda p: p not in (26, 27)))
-    trailer = 20 + 8 + 4 * pkt[23]
+    skip = envelope(pkt)
+    pos = data.draw(st.integers(21, len(pkt) - 1).filter(lambda p: p not in skip))
     pkt[pos] ^= data.draw(st.integers(1, 255))
-    result = one_reason(receiver(), refix_checksums(pkt))
-    assert isinstance(result, Reject)
-    if pos == 22 or trailer + 8 <= pos < trailer + 24:    # priority, sequence, epoch
-        assert result is Reject.AUTH
-    if trailer + 26 <= pos < trailer + TRAILER.size:      # stamp, echo stamp
-        *_, stamp_us, echo_us = TRAILER.unpack_from(pkt, trailer)
-        assert result is (Reject.MALFORMED if max(stamp_us, echo_us) >= STAMP_US_MAX
-                          else Reject.AUTH)
+    assert one_reason(receiver(), rechecksum(pkt)) is Reject.AUTH
+
+
+@FUZZ
+@given(adverts, st.integers(1, 2**63))
+def test_sequence_bumped_copy_is_auth_and_moves_no_window(advert, bump):
+    r, genuine = receiver(), signed(advert, seq=1000)
+    assert isinstance(one_reason(r, genuine), Frame)
+    bumped = bytearray(genuine)
+    trailer = 20 + 8 + 4 * bumped[23]
+    seq = struct.unpack_from(">Q", bumped, trailer + 8)[0]
+    struct.pack_into(">Q", bumped, trailer + 8, (seq + bump) % 2**64)
+    assert one_reason(r, rechecksum(bumped)) is Reject.AUTH
+    assert isinstance(one_reason(r, signed(advert, seq=1001)), Frame)   # window untouched
 
 
 @FUZZ
@@ -152,7 +168,7 @@ def test_valid_but_replayed(advert):
 def test_decode_accepts_memoryview_and_bytearray():
     advert = Advert("a", "egress-1", 42, Role.STANDBY, 0, 1, 100, None, True, True)
     pkt = signed(advert)
-    assert decode(memoryview(pkt))[0].advert == decode(bytearray(pkt))[0].advert == advert
+    assert decode(memoryview(pkt)).advert == decode(bytearray(pkt)).advert == advert
 
 
 def test_known_edge_cases():
@@ -165,8 +181,15 @@ def test_known_edge_cases():
                           ((20, 0x32), Reject.TYPE),
                           ((32, 1), Reject.VERSION),            # trailer v1: no stamps
                           ((32, 3), Reject.VERSION),
-                          ((54, 0xFF), Reject.MALFORMED),       # stamp beyond STAMP_MAX:
-                          ((62, 0xFF), Reject.MALFORMED)):      # echoing it could not encode
+                          ((34, 2), Reject.AUTH),               # unknown auth scheme
+                          ((54, 0xFF), Reject.AUTH),            # a claim changed: not signed
+                          ((35, HEARD_MAX + 1), Reject.AUTH)):
         bad = bytearray(pkt)
         bad[patch[0]] = patch[1]
-        assert receiver().process(refix_checksums(bad), 0) is reason, patch
+        assert receiver().process(rechecksum(bad), 0) is reason, patch
+    # a signing peer's bad claims are still refused once authenticated
+    for patch in ((54, 0xFF), (62, 0xFF),       # stamps beyond STAMP_MAX: echoing could not encode
+                  (35, HEARD_MAX + 1)):
+        bad = bytearray(pkt)
+        bad[patch[0]] = patch[1]
+        assert receiver().process(resign(bad), 0) is Reject.MALFORMED, patch

@@ -19,7 +19,10 @@ from vipmgr.health.probes import Probe, parse_probes
 from vipmgr.resources.net import ifname_problem, unicast_ipv4_problem
 from vipmgr.resources.selectors import check_labels
 from vipmgr.resources.errors import Problems
+from vipmgr.resources.loader import yaml_problem
+from vipmgr.resources.textinput import BoundedLoader, InputError, read_text_file
 from vipmgr.store.client import EtcdSettings
+from vipmgr.wire.keys import KeyFileError, KeyRing, parse_keys
 
 ENV_OVERRIDES = {
     "VIPMGR_NODE": "node",
@@ -29,9 +32,12 @@ ENV_OVERRIDES = {
     "VIPMGR_AUTH_KEY_FILE": "authKeyFile",
 }
 
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_KEY_FILE_BYTES = 64 * 1024
+
 TOP_FIELDS = ("node", "etcd", "labels", "internalInterface", "heartbeat", "authKeyFile",
               "requireAuth", "probes", "garp", "metricsAddress", "logFormat", "logLevel",
-              "reconcileInterval", "statusInterval")
+              "reconcileInterval", "statusInterval", "placementHoldDown")
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,8 @@ class AgentConfig:
     labels: Mapping[str, str] = field(default_factory=dict)
     internal_interface: str = "eth0"  # its IPv4 is the Node's internalIP (steering next hop)
     unicast_peers: tuple[str, ...] = ()  # heartbeat to these instead of 224.0.0.18
+    # true: unsigned heartbeats, every heartbeat believed (docs/security.md); default: keys from etcd
+    heartbeat_insecure: bool = False
     auth_key_file: str | None = None
     require_auth: bool = False
     probes: tuple[Probe, ...] = ()
@@ -59,31 +67,53 @@ class AgentConfig:
     log_level: str = "info"
     reconcile_interval: float = 5.0
     status_interval: float = 1.0
+    # a node counts for placement once eligible this long, and stops once gone this long
+    # (docs/placement.md); the same on every agent
+    placement_hold_down: float = 10.0
 
 
 def load_config(path: str | None, *, node: str | None = None,
                 etcd: str | None = None, environ: Mapping[str, str] = os.environ) -> AgentConfig:
-    """File (optional) < environment < command-line flags. Raises ConfigError."""
+    """File (optional) < environment < command-line flags. Raises ConfigError, also when
+    the key file named by authKeyFile cannot be used."""
     data: dict[str, Any] = {}
     if path:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                loaded = yaml.safe_load(fh) or {}
-        except OSError as exc:
-            raise ConfigError([(path, f"cannot read: {exc.strerror}")]) from None
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
-            raise ConfigError([(where, str(exc.problem))]) from None
-        if not isinstance(loaded, dict):
-            raise ConfigError([(path, "must be a YAML mapping of settings")])
-        data = loaded
+        data = read_config_file(path)
     for env, key in ENV_OVERRIDES.items():
         if environ.get(env):
             data[key] = environ[env]
     if node:
         data["node"] = node
-    return parse_config(data, etcd_override=etcd, environ=environ)
+    config = parse_config(data, etcd_override=etcd, environ=environ)
+    if config.auth_key_file and (why := key_file_problem(config.auth_key_file,
+                                                         config.require_auth)):
+        raise ConfigError([("authKeyFile", why)])
+    return config
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The file's one YAML mapping, read with the manifest reader's bounds. Raises ConfigError."""
+    try:
+        text, _ = read_text_file(path, MAX_CONFIG_BYTES)
+    except InputError as exc:
+        raise ConfigError([("<file>", str(exc).removeprefix(f"{path}: "))]) from None
+    loader = None
+    try:
+        loader = BoundedLoader(text)
+        loaded = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        problem = yaml_problem(exc, path)
+        line, _, column = problem.source.removeprefix(path).lstrip(":").partition(":")
+        where = f"line {line}, column {column}" if column else "<yaml>"
+        raise ConfigError([(where, problem.message)]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError([("<file>", "must be a YAML mapping of settings, e.g. node: gw-a")])
+    return loaded
 
 
 def parse_config(data: Mapping[str, Any], *, etcd_override: str | None = None,
@@ -91,7 +121,7 @@ def parse_config(data: Mapping[str, Any], *, etcd_override: str | None = None,
     problems: list[tuple[str, str]] = []
     for key in data:
         if key not in TOP_FIELDS:
-            problems.append((key, f"unknown setting; known: {', '.join(TOP_FIELDS)}"))
+            problems.append((str(key), f"unknown setting; known: {', '.join(TOP_FIELDS)}"))
     node = data.get("node")
     if not isinstance(node, str) or not node:
         problems.append(("node", "is required: this node's name (--node, VIPMGR_NODE or node:)"))
@@ -102,19 +132,7 @@ def parse_config(data: Mapping[str, Any], *, etcd_override: str | None = None,
     internal = data.get("internalInterface", "eth0")
     if why := ifname_problem(internal):
         problems.append(("internalInterface", why))
-    hb = data.get("heartbeat") or {}
-    peers: tuple[str, ...] = ()
-    if not isinstance(hb, Mapping):
-        problems.append(("heartbeat", "must be a mapping with peers: [IPv4, …]"))
-    else:
-        for key in hb:
-            if key != "peers":
-                problems.append((f"heartbeat.{key}", "unknown setting; known: peers"))
-        raw_peers = hb.get("peers") or []
-        for i, peer in enumerate(raw_peers):
-            if why := unicast_ipv4_problem(peer):
-                problems.append((f"heartbeat.peers[{i}]", why))
-        peers = tuple(raw_peers)
+    peers, insecure = _heartbeat(data.get("heartbeat") or {}, problems)
     probes: tuple[Probe, ...] = ()
     try:
         probes = parse_probes(data.get("probes") or [], "probes")
@@ -122,7 +140,8 @@ def parse_config(data: Mapping[str, Any], *, etcd_override: str | None = None,
         problems += exc.problems
     garp = _garp(data.get("garp") or {}, problems)
     durations = {}
-    for key, default in (("reconcileInterval", 5.0), ("statusInterval", 1.0)):
+    for key, default in (("reconcileInterval", 5.0), ("statusInterval", 1.0),
+                         ("placementHoldDown", 10.0)):
         try:
             durations[key] = parse_duration(data.get(key, default), key)
         except ConfigError as exc:
@@ -133,20 +152,89 @@ def parse_config(data: Mapping[str, Any], *, etcd_override: str | None = None,
     log_level = data.get("logLevel", "info")
     if log_level not in ("debug", "info", "warning", "error"):
         problems.append(("logLevel", "must be debug, info, warning or error"))
+    metrics = data.get("metricsAddress", "127.0.0.1:9750")
+    if not isinstance(metrics, str):
+        problems.append(("metricsAddress", "must be HOST:PORT as a string, or '' to turn it off"))
     require_auth = data.get("requireAuth", False)
     if not isinstance(require_auth, bool):
         problems.append(("requireAuth", "must be true or false"))
-    if require_auth and not data.get("authKeyFile"):
+        require_auth = False
+    key_file = data.get("authKeyFile")
+    if key_file is not None and (not isinstance(key_file, str) or not key_file):
+        problems.append(("authKeyFile", "must be the path of the heartbeat key file"))
+        key_file = None
+    if require_auth and not key_file:
         problems.append(("requireAuth", "needs authKeyFile: the file with the heartbeat key(s)"))
+    if insecure and key_file:
+        problems.append(("heartbeat.insecure", "heartbeat.insecure: true contradicts authKeyFile; "
+                                               "drop one"))
     if problems:
         raise ConfigError(problems)
     return AgentConfig(
         node=node, etcd=etcd, labels=labels, internal_interface=internal, unicast_peers=peers,
-        auth_key_file=data.get("authKeyFile"), require_auth=require_auth, probes=probes,
-        garp=garp, metrics_address=str(data.get("metricsAddress", "127.0.0.1:9750")),
-        log_format=log_format, log_level=log_level,
+        heartbeat_insecure=insecure,
+        auth_key_file=key_file, require_auth=require_auth, probes=probes,
+        garp=garp, metrics_address=metrics, log_format=log_format, log_level=log_level,
         reconcile_interval=durations.get("reconcileInterval", 5.0),
-        status_interval=durations.get("statusInterval", 1.0))
+        status_interval=durations.get("statusInterval", 1.0),
+        placement_hold_down=durations.get("placementHoldDown", 10.0))
+
+
+def internal_interface_problem(config: AgentConfig, interfaces: Mapping[str, Any]) -> str | None:
+    """Why this node would register without an internalIP, or None.
+
+    ``interfaces`` are the node's interfaces that have an IPv4 address (what registration
+    reads from the kernel). The config cannot know them when it is parsed, so the agent
+    asks this once it has looked, and logs the answer before it registers.
+    """
+    name = config.internal_interface
+    if name in interfaces:
+        return None
+    have = ", ".join(sorted(interfaces)) or "none"
+    return (f"internalInterface {name} has no IPv4 address on node {config.node} (interfaces "
+            f"with one: {have}): the Node registers without internalIP, so no VM traffic can be "
+            "steered to it or routed back through it; set internalInterface (agent config, "
+            "or VIPMGR_INTERNAL_INTERFACE) to one of them")
+
+
+def key_file_problem(path: str, require_auth: bool) -> str | None:
+    """Why the heartbeat key file cannot be used (missing, unreadable, not keys), or None.
+
+    Checked when the config is loaded, so a bad file is one line at start-up or reload,
+    not a traceback once the agent is running. The format is the wire's (parse_keys).
+    """
+    try:
+        text, _ = read_text_file(path, MAX_KEY_FILE_BYTES)
+    except InputError as exc:
+        return (f"{exc}; create it with one 'hex:…' or 'base64:…' key per line "
+                "(docs/wire.md), or remove authKeyFile")
+    try:
+        KeyRing(parse_keys(text, source=path), require_auth)
+    except KeyFileError as exc:
+        return f"{path}: {exc}" if not str(exc).startswith(path) else str(exc)
+    return None
+
+
+def _heartbeat(hb: Any, problems: list[tuple[str, str]]) -> tuple[tuple[str, ...], bool]:
+    """(unicast peers, insecure) from the heartbeat block."""
+    if not isinstance(hb, Mapping):
+        problems.append(("heartbeat", "must be a mapping with peers: [IPv4, …] and insecure"))
+        return (), False
+    for key in hb:
+        if key not in ("peers", "insecure"):
+            problems.append((f"heartbeat.{key}", "unknown setting; known: peers, insecure"))
+    insecure = hb.get("insecure", False)
+    if not isinstance(insecure, bool):
+        problems.append(("heartbeat.insecure", "must be true or false"))
+        insecure = False
+    raw_peers = hb.get("peers") or []
+    if not isinstance(raw_peers, list):
+        problems.append(("heartbeat.peers", "must be a list of IPv4 addresses, e.g. [192.0.2.12]"))
+        return (), insecure
+    for i, peer in enumerate(raw_peers):
+        if why := unicast_ipv4_problem(peer):
+            problems.append((f"heartbeat.peers[{i}]", why))
+    return tuple(raw_peers), insecure
 
 
 def _etcd(raw: Any, override: str | None, environ: Mapping[str, str],
@@ -160,14 +248,21 @@ def _etcd(raw: Any, override: str | None, environ: Mapping[str, str],
         if key not in allowed:
             problems.append((f"etcd.{key}", f"unknown setting; known: {', '.join(allowed)}"))
     endpoints = raw.get("endpoints")
-    if isinstance(endpoints, list):
-        endpoints = ",".join(str(e) for e in endpoints)
+    if isinstance(endpoints, list) and all(isinstance(e, str) for e in endpoints):
+        endpoints = ",".join(endpoints)
+    strings = {"endpoints": endpoints, **{k: raw.get(k) for k in allowed[1:]}}
+    bad = [k for k, v in strings.items() if v is not None and not isinstance(v, str)]
+    for key in bad:
+        problems.append((f"etcd.{key}", "must be a string" + (
+            " or a list of URLs, e.g. [http://198.51.100.2:2379]" if key == "endpoints" else "")))
+    if bad:
+        return EtcdSettings()
     try:
         return EtcdSettings.from_options(
             override or environ.get("VIPMGR_ETCD") or endpoints,
-            environ.get("VIPMGR_ETCD_PREFIX") or raw.get("prefix"),
-            cacert=raw.get("cacert"), cert=raw.get("cert"), key=raw.get("key"),
-            user=raw.get("user"), password=raw.get("password"))
+            environ.get("VIPMGR_ETCD_PREFIX") or strings["prefix"],
+            cacert=strings["cacert"], cert=strings["cert"], key=strings["key"],
+            user=strings["user"], password=strings["password"])
     except ValueError as exc:
         problems.append(("etcd.endpoints", str(exc)))
         return EtcdSettings()

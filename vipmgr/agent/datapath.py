@@ -3,7 +3,8 @@ others, and one reconciler task that makes the kernel match.
 
 The election core says *when* to serve (``Program``/``Withdraw``); etcd says who
 holds the other gateways (for steering); the store says what is selected. This
-module joins the three into one ``NodePlan`` and hands it to the reconciler,
+module has the three joined into one ``NodePlan`` (by the inventory, on its own
+thread: vipmgr.agent.inventory) and hands it to the reconciler,
 coalescing bursts of changes into one kernel update. A take is armed in the
 same nft transaction that installs it; withdrawing never waits behind a
 queued reconcile of something else.
@@ -15,33 +16,41 @@ import asyncio
 import ipaddress
 import logging
 import time
-from typing import Callable
+from typing import Awaitable, Callable, Iterable, Mapping
 
+from vipmgr.agent.ctsync import ConntrackSync
 from vipmgr.agent.metrics import AgentMetrics
-from vipmgr.agent.snapshot import Snapshot
 from vipmgr.dataplane.kernel import KernelError
-from vipmgr.dataplane.plan import GarpSettings, NodePlan, build_node_plan
-from vipmgr.dataplane.reconcile import Dataplane
+from vipmgr.dataplane.plan import GarpSettings, NodePlan
+from vipmgr.dataplane.reconcile import Dataplane, Refresh
 
 LOG = logging.getLogger("vipmgr.datapath")
 RETRY_AFTER = 0.2  # seconds before a failed reconcile is tried again
+INVENTORY_GATHER = 0.1  # inventory-only changes wait this long for more of their burst
+
+
+# (serving, holders, interfaces, garp) -> the node's plan, built off the event loop
+Planner = Callable[[Iterable[str], Mapping[str, str], Mapping[str, ipaddress.IPv4Interface],
+                    GarpSettings], Awaitable[NodePlan]]
 
 
 class NodeDatapath:
     def __init__(self, node: str, dataplane: Dataplane, metrics: AgentMetrics,
-                 garp: GarpSettings, clock: Callable[[], float]):
+                 garp: GarpSettings, clock: Callable[[], float], planner: Planner):
         self.node = node
         self.dp = dataplane
         self.metrics = metrics
         self.garp = garp
         self.clock = clock
-        self.snapshot = Snapshot()
+        self.planner = planner
+        self.ctsync: ConntrackSync | None = None  # set by the runtime: VIP-mode flow replication
         self.interfaces: dict[str, ipaddress.IPv4Interface] = {}
         self.serving: dict[str, float] = {}  # gateway -> until (core clock)
         self.holders: dict[str, str] = {}     # gateway -> node holding authority (etcd)
         self.plan = NodePlan(node)
         self.error: str = ""                  # last reconcile failure, for datapath-ready
-        self._dirty = asyncio.Event()
+        self._dirty = asyncio.Event()   # something to reconcile
+        self._urgent = asyncio.Event()  # ... that must not wait for a burst to gather
         self._armed: set[str] = set()  # serving gateways whose dead-man this process armed
         self._verify_next = False
         self._generation = 0   # bumped by every serve/withdraw
@@ -55,21 +64,17 @@ class NodeDatapath:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._worker(), name="datapath")
-        self._dirty.set()
-
-    def set_snapshot(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
-        self._dirty.set()
+        self._kick()
 
     def set_interfaces(self, interfaces: dict[str, ipaddress.IPv4Interface]) -> None:
         if interfaces != self.interfaces:
             self.interfaces = interfaces
-            self._dirty.set()
+            self._kick()
 
     def set_holders(self, holders: dict[str, str]) -> None:
         if holders != self.holders:
             self.holders = holders
-            self._dirty.set()
+            self._kick()
 
     def program(self, gateway: str, until: float) -> None:
         """Serve ``gateway`` until ``until`` (core clock): the take arms the dead-man in the
@@ -85,7 +90,7 @@ class NodeDatapath:
             future = self.dp.refresh_nowait(gateway, until - self.clock())
             future.add_done_callback(lambda f: self._refreshed(gateway, f))
         else:
-            self._dirty.set()  # the take is in flight or its arming came too late: arm again
+            self._kick()  # the take is in flight or its arming came too late: arm again
 
     def _refreshed(self, gateway: str, future) -> None:
         """Runs on the arming thread: hand the outcome to the event loop."""
@@ -93,29 +98,41 @@ class NodeDatapath:
 
     def _refresh_outcome(self, gateway: str, future) -> None:
         exc = future.exception()
-        if exc is None and future.result():
+        result = None if exc is not None else future.result()
+        if result is Refresh.ARMED:
             self.metrics.deadman_refreshed(gateway)
             return
-        if exc is None and gateway not in self._armed:
+        if result is Refresh.LATE:
+            # the evidence it carried ran out before the arming thread ran: the kernel
+            # state expires by itself and the core fences on its own clock; nothing broke
+            LOG.warning(f"dead-man refresh of {gateway} came too late (the machine is loaded?)",
+                        extra={"node": self.node, "gateway": gateway})
+            return
+        if result is Refresh.GONE and gateway not in self._armed:
             return  # withdrawn meanwhile: the refusal was expected
-        # The kernel refused a gateway we armed (our table was flushed?) or failed:
-        # re-read the kernel and arm it again with the next reconcile.
-        self.error = f"dead-man refresh of {gateway} failed: {exc or 'refused by the kernel'}"
-        LOG.error(self.error, extra={"node": self.node, "gateway": gateway})
+        # The kernel no longer has a gateway we armed (our table was flushed?) or failed:
+        # re-read the kernel and arm it again with the next reconcile. Only a kernel error
+        # makes the datapath "not ready"; a missing element is drift the reconcile repairs.
+        LOG.error(f"dead-man refresh of {gateway} failed: {exc or 'not in the kernel'}",
+                  extra={"node": self.node, "gateway": gateway})
+        if exc is not None:
+            self.error = f"dead-man refresh of {gateway} failed: {exc}"
         self._armed.discard(gateway)
         self._verify_next = True
-        self._dirty.set()
+        self._kick()
 
     def withdraw(self, gateway: str) -> int:
         """Stop serving ``gateway``; returns the generation ``settled`` waits for."""
         if self.serving.pop(gateway, None) is not None:
+            if self.ctsync is not None:
+                self.ctsync.stop_serving(gateway)  # before the leave flush: none of it is sent
             self._armed.discard(gateway)
             self._changed()
         return self._generation
 
     def _changed(self) -> None:
         self._generation += 1
-        self._dirty.set()
+        self._kick()
 
     async def settled(self, generation: int, limit: float) -> None:
         """Until the kernel reflects every change up to ``generation``, or ``limit``
@@ -138,27 +155,26 @@ class NodeDatapath:
                             extra={"node": self.node})
 
     def request(self) -> None:
-        """Something changed that may change the plan: reconcile soon."""
+        """The inventory changed (policies, VMs): reconcile within INVENTORY_GATHER, so a
+        burst of changes costs one plan and one kernel transaction, not one each."""
+        self._kick(urgent=False)
+
+    def _kick(self, urgent: bool = True) -> None:
+        """Reconcile: at once for what moves roles (takes, withdraws, holders, drift)."""
         self._dirty.set()
+        if urgent:
+            self._urgent.set()
 
     # --- the reconciler ---------------------------------------------------------------
-
-    def build(self) -> NodePlan:
-        snap = self.snapshot
-        active: dict[str, str | None] = {}
-        for name in snap.gateways:
-            if name in self.serving:
-                active[name] = self.node
-            else:
-                holder = self.holders.get(name)
-                active[name] = holder if holder != self.node else None
-        return build_node_plan(self.node, snap.gateways.values(), snap.policies.values(),
-                               snap.vms.values(), snap.nodes.values(), active,
-                               interfaces=self.interfaces, garp=self.garp)
 
     async def _worker(self) -> None:
         while True:
             await self._dirty.wait()
+            if not self._urgent.is_set():
+                try:  # only the inventory changed: gather the burst (a take cuts it short)
+                    await asyncio.wait_for(self._urgent.wait(), INVENTORY_GATHER)
+                except asyncio.TimeoutError:
+                    pass
             async with self._lock:
                 await self._apply(verify=self._verify_next)
 
@@ -169,9 +185,17 @@ class NodeDatapath:
 
     async def _apply(self, verify: bool) -> None:
         self._dirty.clear()
-        self._verify_next = False
+        self._urgent.clear()
         generation = self._generation
-        plan = self.build()
+        plan = await self.planner(self.serving, self.holders, self.interfaces, self.garp)
+        taking = [gw for gw in self.serving if gw not in self._armed]
+        if taking and self.ctsync is not None and generation == self._generation:
+            await self.ctsync.before_take(taking)  # replicated flows in before the VIP is added
+        if generation != self._generation:
+            self._verify_next |= verify
+            self._kick()  # a take or withdraw while planning: plan again with it
+            return
+        self._verify_next = False
         now = self.clock()
         arm = {gw: until - now for gw, until in self.serving.items() if gw not in self._armed}
         started = time.perf_counter()
@@ -182,10 +206,12 @@ class NodeDatapath:
             self.error = f"dataplane reconcile failed: {exc}"
             LOG.error(self.error, extra={"node": self.node})
             self._verify_next = True
-            asyncio.get_running_loop().call_later(RETRY_AFTER, self._dirty.set)
+            asyncio.get_running_loop().call_later(RETRY_AFTER, self._kick)
             return
         self.error = ""
         self.plan = plan
+        if self.ctsync is not None:
+            self.ctsync.applied(plan)
         self._applied = generation
         self._applied_event.set()
         self._armed = (self._armed | set(report.armed)) & {g.name for g in plan.active}
@@ -198,8 +224,8 @@ class NodeDatapath:
             sources = sum(len(s.sources) for s in gw.selections)
             cidrs = sum(len(s.cidrs) for s in gw.selections)
             self.metrics.snat_sets(gw.name, sources, cidrs)
-        for gateway, count in report.conntrack_deleted.items():
-            self.metrics.conntrack_entries_deleted(gateway, count)
+        for (gateway, reason), count in report.conntrack_deleted.items():
+            self.metrics.conntrack_entries_deleted(gateway, count, reason=reason)
         vip_owner = {(g.active.interface, g.active.egress_ip): g.name
                      for g in plan.active if g.active is not None}
         for future in report.announcements:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from vipmgr.agent.datapath import NodeDatapath
+from vipmgr.agent.events import GatewayEvents
 from vipmgr.agent.logs import state_change
 from vipmgr.agent.metrics import AgentMetrics
 from vipmgr.core.election import Election, ElectionConfig, Role
@@ -63,7 +64,8 @@ def from_wire(adv: WireAdvert) -> CoreAdvert:
                       role="active" if adv.role == WireRole.ACTIVE else "standby",
                       epoch=adv.epoch, priority=adv.priority, eligible=adv.healthy,
                       etcd_ok=adv.etcd_reachable, heard=tuple(adv.heard), stamp=adv.stamp,
-                      echo_node=adv.echo_node, echo_stamp=adv.echo_stamp)
+                      echo_node=adv.echo_node, echo_stamp=adv.echo_stamp,
+                      interval=adv.interval_ms / 1000)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class MemberContext:
     clock: Callable[[], float]               # the core's clock: the loop's monotonic time
     prefix: str
     on_change: Callable[[], None] = lambda: None  # publish status soon
+    hold_down: float = 0.0  # placement's (placementHoldDown): before a rebalance move here
 
 
 @dataclass
@@ -94,7 +97,8 @@ class MemberInfo:
 
 class GatewayMember:
     def __init__(self, ctx: MemberContext, gateway: EgressGateway, members: tuple[str, ...],
-                 priority: int, interface: str | None, egress_ip: str | None, client):
+                 priority: int, interface: str | None, egress_ip: str | None, client,
+                 move_delay: float = 0.0, first_choice: str | None = None):
         self.ctx = ctx
         self.gateway = gateway
         self.name = gateway.name
@@ -105,10 +109,13 @@ class GatewayMember:
         self.election = Election(ElectionConfig(
             gateway=gateway.name, node=ctx.node, members=members, priority=priority,
             timers=failover.timers, on_etcd_loss=failover.on_etcd_loss,
-            preempt=failover.preempt, preempt_delay=failover.preempt_delay))
+            preempt=failover.preempt, preempt_delay=failover.preempt_delay,
+            rebalance=failover.rebalance, hold_down=ctx.hold_down, move_delay=move_delay,
+            first_choice=first_choice))
         self.executor = AuthorityExecutor(client, gateway.name, ctx.node, prefix=ctx.prefix,
                                           timeout=failover.timers.etcd_timeout,
                                           on_update=self._on_watch)
+        self.events = GatewayEvents(client, ctx.prefix, gateway.name, ctx.node, ctx.metrics)
         self._timer: asyncio.TimerHandle | None = None
         self._withdrawn = 0  # datapath generation of our latest Withdraw
         self._tasks: set[asyncio.Task] = set()
@@ -140,6 +147,7 @@ class GatewayMember:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.events.close()
         if self.serving:
             self.ctx.datapath.withdraw(self.name)
 
@@ -157,24 +165,32 @@ class GatewayMember:
         self.ctx.metrics.heartbeat_received(self.name)
         self.feed(Heartbeat(from_wire(advert)))
 
-    def set_eligible(self, healthy: bool) -> None:
-        self.feed(HealthChanged(healthy))
+    def set_eligible(self, healthy: bool, reason: str = "") -> None:
+        """``reason``: what failed (status and the release's log line); "" the default."""
+        self.feed(HealthChanged(healthy, reason) if reason else HealthChanged(healthy))
 
     def set_cordoned(self, cordoned: bool) -> None:
         self.feed(Cordoned(cordoned))
 
-    def set_members(self, members: tuple[str, ...], priority: int) -> None:
-        """Another node joined or left, or priorities were edited: no handover needed."""
+    def set_members(self, members: tuple[str, ...], priority: int,
+                    move_delay: float | None = None, first_choice: str | None = None) -> None:
+        """Another node joined or left, priorities were edited or placement changed: no
+        handover needed."""
         cfg = self.election.cfg
-        if members != cfg.members or priority != cfg.priority:
-            self.feed(MembersChanged(members, priority))
+        if members != cfg.members or priority != cfg.priority \
+                or move_delay not in (None, cfg.move_delay) \
+                or first_choice not in (None, cfg.first_choice):
+            self.feed(MembersChanged(members, priority, move_delay, first_choice))
 
     def switchover(self, target: str | None) -> None:
         self.feed(SwitchoverRequested(target))
 
     def _on_watch(self, update: WatchUpdate) -> None:
         self.ctx.metrics.etcd_connection(True)
+        self.events.saw_holder(update.view.holder or update.view.term_node)
         self.feed(update)
+        # Every member exports the epoch etcd holds, not only a new active.
+        self.ctx.metrics.epoch_seen(self.name, update.view.epoch)
 
     def feed(self, event: Event) -> None:
         """Hand one event to the core and carry out what it asks, in order."""
@@ -188,10 +204,9 @@ class GatewayMember:
     def _do(self, action) -> None:
         if isinstance(action, SendAdvert):
             if self.info.interface:
-                interval = self.timers.advert_interval if action.advert.role == "active" \
-                    else self.timers.standby_advert_interval
+                interval_ms = max(1, round(action.advert.interval * 1000))
                 self.ctx.send(self.info.interface, to_wire(
-                    action.advert, self.vrid, max(1, round(interval * 1000)), self.info.egress_ip))
+                    action.advert, self.vrid, interval_ms, self.info.egress_ip))
                 self.ctx.metrics.heartbeat_sent(self.name, self.info.interface)
         elif isinstance(action, Program):
             self.ctx.datapath.program(self.name, action.until)
@@ -225,6 +240,9 @@ class GatewayMember:
         self.feed(result)
 
     def _role_changed(self, change: RoleChanged) -> None:
+        reason = self.events.role_changed(change, self.election.epoch,
+                                          self.election.view.holder
+                                          or self.election.view.term_node)
         now = time.time()
         old, new = change.old, change.new
         state_change(self.name, self.ctx.node, old, new,
@@ -233,15 +251,16 @@ class GatewayMember:
         self.ctx.metrics.role_changed(self.name, old, new, change.cause, active=new in SERVING)
         if old == Role.STANDBY.value and new not in SERVING:
             self.info.left_standby_at = now
-            self.info.previous_holder = self.election.view.holder or self.election.view.term_node
+            self.info.previous_holder = (self.election.view.holder or self.election.view.term_node
+                                         or self.events.last_holder)
         if new in SERVING and self.info.left_standby_at is not None:
             previous = self.info.previous_holder
             self.info.last_failover = {
                 "from": previous if previous != self.ctx.node else None, "to": self.ctx.node,
-                "reason": change.cause,
+                "reason": reason,
                 "duration_ms": round((now - self.info.left_standby_at) * 1e3, 1), "at": now}
             self.info.left_standby_at = None
-            self.ctx.metrics.failover_completed(self.name, change.cause)
+            self.ctx.metrics.failover_completed(self.name, reason)
         if new in SERVING:
             self.ctx.metrics.epoch_seen(self.name, self.election.epoch)
         if new == Role.VRRP_ACTIVE.value or old == Role.VRRP_ACTIVE.value:

@@ -23,12 +23,18 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import start_http_server
 
+from vipmgr.agent.events import REASONS
 from vipmgr.health.eligibility import NODE_CRITERIA, Eligibility
 from vipmgr.health.monitor import ProbeStatus
 from vipmgr.health.state import Status
 
 DEFAULT_METRICS_ADDR = "127.0.0.1:9750"
 ETCD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Why conntrack entries were deleted: the node took the gateway (its flows now leave with
+# the egress IP), left it (flows SNATed to it), or a worker steers newly selected VMs.
+CONNTRACK_REASONS = ("take", "leave", "steer")
+HEARTBEAT_AUTH_MODES = ("etcd", "file", "insecure")
+LOOP_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
 @dataclass
@@ -61,8 +67,9 @@ class AgentMetrics:
 
     def __init__(self, node: str, registry: CollectorRegistry | None = None, *,
                  failover_reasons: Iterable[str] = ()):
-        """``failover_reasons``: reason label values created at 0 when a gateway is joined,
-        so ``increase()`` in the alert rules sees the first failover after a restart."""
+        """``failover_reasons``: the core's causes, transition label values created at 0 when
+        a gateway is joined, so ``increase()`` in the alert rules sees the first change after
+        a restart; failovers are counted by :data:`vipmgr.agent.events.REASONS`."""
         self.node = node
         self.registry = REGISTRY if registry is None else registry
         self.failover_reasons = tuple(failover_reasons)
@@ -106,7 +113,12 @@ class AgentMetrics:
             ["gateway", "reason"], registry=r)
         self.failovers = Counter(
             "vipmgr_gateway_failovers", "Times this node took over the gateway's active role "
-            "from another (or no) node, by reason.", ["gateway", "reason"], registry=r)
+            "from another (or no) node, by the reason the previous holder lost it (silence, "
+            "link-down, cordon, health, switchover, shutdown, preempt, rebalance, etcd, "
+            "restart, initial, released, superseded).", ["gateway", "reason"], registry=r)
+        self.history_failures = Counter(
+            "vipmgr_history_write_failures", "Gateway history events (vipmgr events) this agent "
+            "could not write to etcd.", ["gateway"], registry=r)
         self.heartbeats_sent = Counter(
             "vipmgr_heartbeats_sent", "Heartbeat advertisements sent.", ["gateway", "interface"],
             registry=r)
@@ -115,12 +127,21 @@ class AgentMetrics:
         self.heartbeats_rejected = Counter(
             "vipmgr_heartbeats_rejected", "Received datagrams dropped, by reason.", ["reason"],
             registry=r)
+        self.heartbeat_auth_mode = Gauge(
+            "vipmgr_heartbeat_auth_mode", "1 for the way this agent authenticates heartbeats "
+            "now (etcd: keys from etcd, file: a key file, insecure: none), 0 for the others.",
+            ["mode"], registry=r)
+        self.heartbeat_insecure = Gauge(
+            "vipmgr_heartbeat_insecure", "1 while this agent sends and accepts unauthenticated "
+            "heartbeats (heartbeat.insecure).", registry=r)
         self.garps_sent = Counter(
             "vipmgr_garp_sent", "Gratuitous ARPs sent for the gateway's egress IP.",
             ["gateway", "interface"], registry=r)
         self.conntrack_deleted = Counter(
             "vipmgr_conntrack_entries_deleted", "Conntrack entries of the gateway's flows deleted "
-            "on failover.", gw, registry=r)
+            "on a role change, by reason: take (this node became active), leave (it stopped "
+            "being active), steer (a worker steers newly selected VMs).", ["gateway", "reason"],
+            registry=r)
         self.dropped = Counter(
             "vipmgr_dropped_packets", "Packets of the gateway's selected traffic this node "
             "dropped instead of letting them leave with a wrong source, by reason: fenced "
@@ -131,6 +152,38 @@ class AgentMetrics:
         self.deadman_refreshes = Counter(
             "vipmgr_deadman_refreshes", "Refreshes of the self-expiring kernel state while active.",
             gw, registry=r)
+        self.etcd_moves = Counter(
+            "vipmgr_etcd_member_moves", "Times this agent's etcd client moved to another member "
+            "(the one it used died, was partitioned or lagged).", registry=r)
+        self.loop_lag_seconds = Histogram(
+            "vipmgr_event_loop_lag_seconds", "How late the agent's event loop ran a 10 ms timer "
+            "(the elections' timers are late by as much).", buckets=LOOP_LAG_BUCKETS, registry=r)
+        self.sync_entries = Counter(
+            "vipmgr_conntrack_sync_entries", "Conntrack entries replicated for the gateway, by "
+            "direction (sent by the active node, received by a standby).",
+            ["gateway", "direction"], registry=r)
+        self.sync_cached = Gauge(
+            "vipmgr_conntrack_sync_cached_entries", "Replicated entries a standby holds for "
+            "the gateway (bounded: 65536).", gw, registry=r)
+        self.sync_lag = Gauge(
+            "vipmgr_conntrack_sync_lag_seconds", "Receive time minus send stamp of the last "
+            "replicated delta (wall clocks: needs NTP).", gw, registry=r)
+        self.sync_resyncs = Counter(
+            "vipmgr_conntrack_sync_resyncs", "Full snapshots the active node sent, by reason "
+            "(requested, overrun).", ["gateway", "reason"], registry=r)
+        self.sync_injected = Counter(
+            "vipmgr_conntrack_sync_injected", "Replicated entries written into the kernel on "
+            "takeover, by outcome (created, existed, failed).", ["gateway", "outcome"],
+            registry=r)
+        self.sync_inject_seconds = Gauge(
+            "vipmgr_conntrack_sync_inject_seconds", "Duration of the last takeover's injection.",
+            gw, registry=r)
+        self.sync_rejected = Counter(
+            "vipmgr_conntrack_sync_rejected", "Replication datagrams dropped, by reason (auth, "
+            "stale, malformed, unknown-gateway).", ["reason"], registry=r)
+        self.sync_overflow = Counter(
+            "vipmgr_conntrack_sync_overflow", "Replicated entries a standby dropped because "
+            "its cache was full.", gw, registry=r)
         self.etcd_up = Gauge(
             "vipmgr_etcd_up", "1 while this agent's etcd session is healthy.", registry=r)
         self.etcd_duration = Histogram(
@@ -142,6 +195,13 @@ class AgentMetrics:
         self.probe_up = Gauge(
             "vipmgr_probe_up", "1 while the health probe is up (pending and down are 0).",
             ["probe", "kind"], registry=r)
+        self.active_gateways = Gauge(
+            "vipmgr_node_active_gateways", "Gateways this node serves (active) now.", ["node"],
+            registry=r)
+        self.placement_share = Gauge(
+            "vipmgr_node_placement_share", "Gateways placement puts on this node (its fair "
+            "share: it is their first choice; docs/placement.md).", ["node"], registry=r)
+        self._serving: set[str] = set()
 
     # --- gateways in the store and membership -------------------------------------------
 
@@ -153,21 +213,31 @@ class AgentMetrics:
     def gateway_deleted(self, gateway: str) -> None:
         self.gateway_info.remove_by_labels({"gateway": gateway})
 
-    def gateway_joined(self, gateway: str) -> None:
-        """This node became a member (its labels match the nodeSelector): standby, not yet eligible."""
+    def gateway_joined(self, gateway: str, eligible: bool = False) -> None:
+        """This node became a member (its labels match the nodeSelector): every per-gateway
+        gauge gets a value now, standby, ``eligible`` as the agent evaluated it at join."""
         self.gateway_active.labels(gateway, self.node).set(0)
-        self.gateway_eligible.labels(gateway, self.node).set(0)
+        self.gateway_role.labels(gateway, self.node, "standby").set(1)
+        self.gateway_eligible.labels(gateway, self.node).set(1 if eligible else 0)
+        self.gateway_epoch.labels(gateway)
         self.heartbeat_path_ok.labels(gateway, self.node).set(1)
         self.etcd_loss_mode.labels(gateway).set(0)
-        for reason in self.failover_reasons:
+        self.snat_sources.labels(gateway)
+        self.snat_cidrs.labels(gateway)
+        for cause in self.failover_reasons:
+            self.transitions.labels(gateway, cause)
+        for reason in REASONS:
             self.failovers.labels(gateway, reason)
-            self.transitions.labels(gateway, reason)
+        for reason in CONNTRACK_REASONS:
+            self.conntrack_deleted.labels(gateway, reason)
+        self.history_failures.labels(gateway)
 
     def gateway_left(self, gateway: str) -> None:
         """Drop this node's per-gateway state series; counters keep their history."""
         for family in (self.gateway_active, self.gateway_role, self.gateway_eligible,
                        self.gateway_epoch, self.heartbeat_path_ok, self.etcd_loss_mode,
-                       self.snat_sources, self.snat_cidrs):
+                       self.snat_sources, self.snat_cidrs, self.sync_cached, self.sync_lag,
+                       self.sync_inject_seconds):
             family.remove_by_labels({"gateway": gateway})
 
     # --- election -------------------------------------------------------------------------
@@ -178,13 +248,24 @@ class AgentMetrics:
         self.gateway_role.labels(gateway, self.node, new).set(1)
         self.gateway_active.labels(gateway, self.node).set(1 if active else 0)
         self.transitions.labels(gateway, reason).inc()
+        (self._serving.add if active else self._serving.discard)(gateway)
+        self.active_gateways.labels(self.node).set(len(self._serving))
+
+    def placement(self, share: int) -> None:
+        """Placement recomputed: how many gateways are this node's first choice."""
+        self.placement_share.labels(self.node).set(share)
 
     def failover_completed(self, gateway: str, reason: str) -> None:
         """This node took over the active role; ``reason`` says why the previous holder lost it."""
         self.failovers.labels(gateway, reason).inc()
 
     def epoch_seen(self, gateway: str, epoch: int) -> None:
+        """The fencing epoch etcd holds for the gateway (0: nobody holds it), as this member
+        last saw it; every member reports the same value once its watch caught up."""
         self.gateway_epoch.labels(gateway).set(epoch)
+
+    def history_write_failed(self, gateway: str) -> None:
+        self.history_failures.labels(gateway).inc()
 
     def etcd_loss_mode_changed(self, gateway: str, engaged: bool) -> None:
         self.etcd_loss_mode.labels(gateway).set(1 if engaged else 0)
@@ -201,6 +282,12 @@ class AgentMetrics:
         """``reason``: a :class:`vipmgr.wire.message.Reject` value."""
         self.heartbeats_rejected.labels(reason).inc()
 
+    def heartbeat_auth(self, mode: str, key_id: str | None = None) -> None:
+        """At every change of the heartbeat keys; ``key_id`` is for logs, never a label."""
+        for known in HEARTBEAT_AUTH_MODES:
+            self.heartbeat_auth_mode.labels(known).set(1 if known == mode else 0)
+        self.heartbeat_insecure.set(1 if mode == "insecure" else 0)
+
     def heartbeat_path_changed(self, gateway: str, ok: bool) -> None:
         """False when etcd says the peer is alive but heartbeats with it are missing."""
         self.heartbeat_path_ok.labels(gateway, self.node).set(1 if ok else 0)
@@ -213,6 +300,39 @@ class AgentMetrics:
     def etcd_request(self, operation: str) -> ContextManager:
         """``with metrics.etcd_request("txn"): ...`` observes the request's duration."""
         return self.etcd_duration.labels(operation).time()
+
+    def etcd_member_moved(self) -> None:
+        self.etcd_moves.inc()
+
+    def loop_lag(self, seconds: float) -> None:
+        """How late a periodic 10 ms timer fired (vipmgr.agent.looplag)."""
+        self.loop_lag_seconds.observe(seconds)
+
+    # --- conntrack replication (vipmgr.agent.ctsync) ------------------------------------
+
+    def ctsync_replicated(self, gateway: str, direction: str, count: int) -> None:
+        self.sync_entries.labels(gateway, direction).inc(count)
+
+    def ctsync_entries(self, gateway: str, count: int) -> None:
+        self.sync_cached.labels(gateway).set(count)
+
+    def ctsync_lag(self, gateway: str, seconds: float) -> None:
+        self.sync_lag.labels(gateway).set(seconds)
+
+    def ctsync_resync(self, gateway: str, reason: str) -> None:
+        self.sync_resyncs.labels(gateway, reason).inc()
+
+    def ctsync_committed(self, gateway: str, created: int, existed: int, failed: int,
+                         seconds: float) -> None:
+        for outcome, n in (("created", created), ("existed", existed), ("failed", failed)):
+            self.sync_injected.labels(gateway, outcome).inc(n)
+        self.sync_inject_seconds.labels(gateway).set(seconds)
+
+    def ctsync_rejected(self, reason: str) -> None:
+        self.sync_rejected.labels(reason).inc()
+
+    def ctsync_overflow(self, gateway: str, count: int) -> None:
+        self.sync_overflow.labels(gateway).inc(count)
 
     # --- eligibility and health -----------------------------------------------------------
 
@@ -238,8 +358,12 @@ class AgentMetrics:
     def garp_sent(self, gateway: str, interface: str, count: int = 1) -> None:
         self.garps_sent.labels(gateway, interface).inc(count)
 
-    def conntrack_entries_deleted(self, gateway: str, count: int) -> None:
-        self.conntrack_deleted.labels(gateway).inc(count)
+    def conntrack_entries_deleted(self, gateway: str, count: int, reason: str) -> None:
+        """``reason``: one of CONNTRACK_REASONS (anything else counts as ``other``: the label
+        stays bounded whatever the caller passes)."""
+        if reason not in CONNTRACK_REASONS:
+            reason = "other"
+        self.conntrack_deleted.labels(gateway, reason).inc(count)
 
     def snat_sets(self, gateway: str, sources: int, cidrs: int) -> None:
         self.snat_sources.labels(gateway).set(sources)

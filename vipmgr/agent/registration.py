@@ -9,7 +9,7 @@ Addresses and the internal IP are the agent's to keep current.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, Mapping
 
 from pyroute2 import IPRoute
 
@@ -42,8 +42,26 @@ def primary_interfaces() -> dict[str, ipaddress.IPv4Interface]:
     return out
 
 
-def node_manifest(config: AgentConfig, addresses: dict[str, str]) -> dict[str, Any]:
-    spec: dict[str, Any] = {"addresses": dict(sorted(addresses.items()))}
+def routers() -> list[str]:
+    """The IPv4 next hops of this namespace's routes (default and others), deduplicated:
+    apply refuses a VIP that is one of them (the router would lose its own address)."""
+    with IPRoute() as ipr:
+        hops = {r.get_attr("RTA_GATEWAY") for r in ipr.get_routes(family=2)}
+    return sorted(h for h in hops if h)
+
+
+def node_manifest(config: AgentConfig, interfaces: Mapping[str, ipaddress.IPv4Interface],
+                  next_hops: list[str]) -> dict[str, Any]:
+    """The Node as the kernel shows it: addresses, the subnets they are in and the routers
+    (what apply checks a VIP against), the internal IP from ``internalInterface``."""
+    addresses = {name: str(iface.ip) for name, iface in sorted(interfaces.items())}
+    spec: dict[str, Any] = {"addresses": addresses}
+    subnets = {name: str(iface.network) for name, iface in sorted(interfaces.items())
+               if iface.network.prefixlen < 32}
+    if subnets:
+        spec["subnets"] = subnets
+    if next_hops:
+        spec["routers"] = list(next_hops)
     if config.internal_interface in addresses:
         spec["internalIP"] = addresses[config.internal_interface]
     meta: dict[str, Any] = {"name": config.node}
@@ -53,10 +71,11 @@ def node_manifest(config: AgentConfig, addresses: dict[str, str]) -> dict[str, A
 
 
 async def register_node(store: ResourceStore, config: AgentConfig,
-                        addresses: dict[str, str]) -> str:
-    """Create the Node, or refresh its addresses and add missing config labels."""
+                        interfaces: Mapping[str, ipaddress.IPv4Interface],
+                        next_hops: list[str]) -> str:
+    """Create the Node, or refresh what the kernel says and add missing config labels."""
     info = KIND_BY_KIND["Node"]
-    desired = node_manifest(config, addresses)
+    desired = node_manifest(config, interfaces, next_hops)
     try:
         await store.get(info, config.node)
     except NotFoundError:
@@ -72,9 +91,11 @@ async def register_node(store: ResourceStore, config: AgentConfig,
         for key, value in config.labels.items():
             labels.setdefault(key, value)
         spec = manifest.setdefault("spec", {})
-        spec["addresses"] = desired["spec"]["addresses"]
-        if "internalIP" in desired["spec"]:
-            spec["internalIP"] = desired["spec"]["internalIP"]
+        for field in ("addresses", "subnets", "routers", "internalIP"):
+            if field in desired["spec"]:
+                spec[field] = desired["spec"][field]
+            elif field != "internalIP":
+                spec.pop(field, None)
         return "registered"
 
     return (await store.update(info, config.node, mutate)).result

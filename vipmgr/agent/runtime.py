@@ -27,18 +27,24 @@ from typing import Awaitable, Callable
 import aetcd.exceptions
 import grpc
 
-from vipmgr.agent.config import AgentConfig, load_config
+from vipmgr.agent.backoff import Backoff
+from vipmgr.agent.config import AgentConfig, internal_interface_problem, load_config
 from vipmgr.config.errors import ConfigError
-from vipmgr.config.timers import Timers
+from vipmgr.agent.ctsync import ConntrackSync
 from vipmgr.agent.datapath import NodeDatapath
+from vipmgr.agent.inventory import Change, Inventory
+from vipmgr.agent.keys import HeartbeatKeys
+from vipmgr.agent.looplag import watch_loop_lag
 from vipmgr.agent.member import GatewayMember, MemberContext
 from vipmgr.agent.metrics import AgentMetrics
-from vipmgr.agent.registration import primary_interfaces, register_node
-from vipmgr.agent.selfcheck import kernel_problems
+from vipmgr.agent.registration import primary_interfaces, register_node, routers
+from vipmgr.agent.selfcheck import (
+    KernelChanges, KernelCheck, check_kernel, gateway_problems, node_problems,
+)
 from vipmgr.agent.snapshot import Snapshot
-from vipmgr.cli.status import switchover_key
+from vipmgr.store.switchover import switchover_key, switchover_prefix
 from vipmgr.core.election import Cause
-from vipmgr.core.placement import balanced_priority, balanced_tops
+from vipmgr.agent.placement import NodePlacement
 from vipmgr.dataplane.plan import GarpSettings, egress_ip
 from vipmgr.dataplane.reconcile import Dataplane
 from vipmgr.health.checks import run_monitor
@@ -49,7 +55,6 @@ from vipmgr.resources.status import NodeStatus
 from vipmgr.store.client import EtcdClient, EtcdUnavailable, connect
 from vipmgr.store.resources import KeyLayout, ResourceStore
 from vipmgr.wire.codec import Encoder
-from vipmgr.wire.keys import KeyRing, load_keyring
 from vipmgr.wire.message import Advert as WireAdvert
 from vipmgr.wire.receiver import Receiver
 from vipmgr.wire.transport import HeartbeatTransport, open_vrrp_socket
@@ -59,10 +64,12 @@ LOG = logging.getLogger("vipmgr.agent")
 STATUS_LEASE_TTL = 3
 ETCD_ERRORS = (aetcd.exceptions.ClientError, grpc.RpcError, EtcdUnavailable, ConnectionError,
                asyncio.TimeoutError)
-BACKOFF_MAX = 2.0
 RELEASE_LIMIT = 0.8  # per member: the release through etcd, then it is abandoned
 SHUTDOWN_LIMIT = 1.4  # SIGTERM to exit, whatever hangs (the release normally takes ~50 ms)
-SELF_CHECK_INTERVAL = 0.25  # carrier loss takes a two-node group's holder out within this
+SELF_CHECK_BACKSTOP = 5.0  # the self-check runs on netlink notifications; this is the backstop
+SELF_CHECK_SETTLE = 0.005   # a burst of notifications (a take's routes) is read as one
+GIL_SWITCH_INTERVAL = 0.001
+STORE_RESYNC_INTERVAL = 60.0  # full re-read of the store behind the watch (a backstop only)
 DROPS_INTERVAL = 1.0  # nft drop counters -> metric; a counter removed by a role change loses < 1 s
 
 
@@ -84,12 +91,15 @@ class Agent:
                  config_path: str | None = None):
         self.config = config
         self.config_path = config_path
-        self.kernel_problems: list[str] = []
+        self.kernel = KernelCheck()
         self._status_lease = None
         self.node = config.node
         self.metrics = metrics
         self.layout = KeyLayout(config.etcd.prefix)
-        self.snapshot = Snapshot()
+        self.snapshot = Snapshot()  # gateways and nodes; the rest is the inventory's
+        self.inventory = Inventory(config.node)
+        self._changes: list[Change] = []  # watch events not yet handed to the inventory
+        self._draining: asyncio.Task | None = None
         self.members: dict[str, GatewayMember] = {}
         self.heard: dict[str, dict[str, float]] = {}  # gateway -> peer -> unix time
         self.monitor = HealthMonitor(config.probes)
@@ -98,9 +108,13 @@ class Agent:
         self.client: EtcdClient | None = None
         self.store: ResourceStore | None = None
         self.datapath: NodeDatapath | None = None
-        self.keyring = KeyRing()
-        self.encoder: Encoder | None = None
+        self.ctsync: ConntrackSync | None = None
+        self.encoder = Encoder()
         self.receiver = Receiver(self.node, {})
+        # heartbeat keys (etcd by default, a file, or none when configured insecure):
+        # installed in place into the one encoder and receiver
+        self.heartbeat_keys = HeartbeatKeys(self.node, self.layout.prefix, self.encoder,
+                                            self.receiver, on_state=metrics.heartbeat_auth)
         self.stopping = asyncio.Event()
         self.reload_requested = asyncio.Event()
         self._status_dirty = asyncio.Event()
@@ -109,32 +123,32 @@ class Agent:
         self._tasks: list[asyncio.Task] = []
         self._health_task: asyncio.Task | None = None
         self._last_eligibility: dict[str, tuple[bool, bool]] = {}
+        self._registration_problem: str | None = None
+        self.placement = NodePlacement(self.node, config.placement_hold_down)
+        self._placement_timer: asyncio.TimerHandle | None = None
+        self._placement_published: tuple[int, bytes | None] | None = None  # (lease, value)
+        self.holders: dict[str, str] = {}  # gateway -> the node etcd names its holder
 
     # --- setup ------------------------------------------------------------------------
 
-    def _load_keys(self) -> None:
-        if self.config.auth_key_file:
-            self.keyring = load_keyring(self.config.auth_key_file,
-                                        require_auth=self.config.require_auth)
-        else:
-            self.keyring = KeyRing()
-        self.receiver.keyring = self.keyring
-        self.encoder = Encoder(self.keyring.signing_key)
-
     async def _connect(self) -> EtcdClient:
-        delay = 0.1
+        backoff = Backoff()
         while True:
             try:
                 client = await connect(self.config.etcd)
+                client.log_extra = {"node": self.node}
+                client.on_move = lambda _old, _new: self.metrics.etcd_member_moved()
                 self.metrics.etcd_connection(True)
                 return client
             except EtcdUnavailable as exc:
                 self.metrics.etcd_connection(False)
                 LOG.warning(str(exc), extra={"node": self.node})
-                await asyncio.sleep(delay)
-                delay = min(BACKOFF_MAX, delay * 2)
+                await backoff.wait()
 
     async def run(self) -> None:
+        # The inventory and kernel threads run Python too: hand the GIL back to the loop
+        # (heartbeats, timers) every 1 ms instead of the default 5 ms.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
@@ -152,36 +166,52 @@ class Agent:
         await self.shutdown()
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._load_keys()
+        self.heartbeat_keys.apply_config(self.config)
         self.interfaces = await asyncio.to_thread(primary_interfaces)
-        dataplane = await asyncio.to_thread(Dataplane, None, Timers().deadman_timeout)
+        dataplane = await asyncio.to_thread(Dataplane)  # arms capped per gateway
         garp = self.config.garp
         self.datapath = NodeDatapath(self.node, dataplane, self.metrics,
                                      GarpSettings(garp.count, garp.interval, garp.refresh),
-                                     loop.time)
+                                     loop.time, self.inventory.plan)
+        self.ctsync = ConntrackSync(self.node, keyring=lambda: self.receiver.keyring,
+                                    topology=lambda: self.snapshot, metrics=self.metrics)
+        await self.ctsync.start()
+        self.datapath.ctsync = self.ctsync
         self.datapath.set_interfaces(self.interfaces)
         self.client = await self._connect()
+        await self.heartbeat_keys.start(self.client)
         self.store = ResourceStore(self.client, self.layout)
-        await self._with_retry("register", lambda: register_node(
-            self.store, self.config, {k: str(v.ip) for k, v in self.interfaces.items()}))
+        await self._register()
         LOG.info("agent started", extra={"node": self.node,
                                          "etcd": self.config.etcd.describe()})
         await self._check_kernel()
+        await self._placement_read()
         await self._resync_now()
         self.datapath.start()
         self._start_health()
         self._tasks += [
             asyncio.create_task(self._watch_loop("resources", self.layout.resources_prefix,
-                                                 self._resync.set), name="watch-resources"),
+                                                 self._resync_now, self._resource_changed),
+                                name="watch-resources"),
+            asyncio.create_task(self.heartbeat_keys.follow(), name="heartbeat-keys"),
+            asyncio.create_task(self._watch_loop("placement", self.layout.placement_prefix,
+                                                 self._placement_read,
+                                                 lambda _e: self._placement_read()),
+                                name="watch-placement"),
             asyncio.create_task(self._watch_loop("authority", f"{self.layout.prefix}/authority/",
-                                                 self._holders_changed), name="watch-authority"),
-            asyncio.create_task(self._watch_loop("switchover", f"{self.layout.prefix}/switchover/",
-                                                 self._switchover_requested),
+                                                 self._holders_changed,
+                                                 lambda _e: self._holders_changed()),
+                                name="watch-authority"),
+            asyncio.create_task(self._watch_loop("switchover", switchover_prefix(self.layout.prefix),
+                                                 self._switchover_requested,
+                                                 lambda _e: self._switchover_requested()),
                                 name="watch-switchover"),
             asyncio.create_task(self._resync_loop(), name="resync"),
             asyncio.create_task(self._status_loop(), name="status"),
+            asyncio.create_task(self._selfcheck_loop(), name="selfcheck"),
             asyncio.create_task(self._periodic_loop(), name="periodic"),
             asyncio.create_task(self._reload_loop(), name="reload"),
+            asyncio.create_task(watch_loop_lag(self.node, self.metrics.loop_lag), name="loop-lag"),
         ]
         await self._holders_changed()
         # Start-up objects (modules, config, resources) never die: keep them out of the
@@ -227,20 +257,36 @@ class Agent:
             task.cancel()
         if self._health_task is not None:
             self._health_task.cancel()
+        if self._draining is not None:
+            self._draining.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for transport in self.transports.values():
             transport.close()
         if self.datapath is not None:
             await self.datapath.close()
             await asyncio.to_thread(self.datapath.dp.close)
+        if self.ctsync is not None:
+            await self.ctsync.close()
+        self.inventory.close()
         if self.client is not None:
             await self._drop_status()
             await self.client.close()
 
     # --- etcd loops -------------------------------------------------------------------
 
+    async def _register(self) -> None:
+        """Register (or refresh) our Node from what the kernel shows; say once why it would
+        lack an internal IP."""
+        why = internal_interface_problem(self.config, self.interfaces)
+        if why and why != self._registration_problem:
+            LOG.error(why, extra={"node": self.node})
+        self._registration_problem = why
+        next_hops = await asyncio.to_thread(routers)
+        await self._with_retry("register", lambda: register_node(
+            self.store, self.config, self.interfaces, next_hops))
+
     async def _with_retry(self, what: str, fn: Callable[[], Awaitable]) -> object:
-        delay = 0.1
+        backoff = Backoff()
         while True:
             try:
                 return await fn()
@@ -248,32 +294,29 @@ class Agent:
                 self.metrics.etcd_connection(False)
                 LOG.warning(f"{what}: etcd error {type(exc).__name__}; retrying",
                             extra={"node": self.node})
-                await asyncio.sleep(delay)
-                delay = min(BACKOFF_MAX, delay * 2)
+                await backoff.wait()
 
-    async def _watch_loop(self, name: str, prefix: str,
-                          on_event: Callable[[], Awaitable[None] | None]) -> None:
-        """Watch ``prefix`` forever; after a break, re-watch and call ``on_event`` once
-        (changes during the break are caught by that call's full re-read)."""
-        delay = 0.1
+    async def _watch_loop(self, name: str, prefix: str, on_open: Callable[[], Awaitable[None]],
+                          on_event: Callable[[object], Awaitable[None] | None]) -> None:
+        """Watch ``prefix`` forever. ``on_open`` runs each time the watch is (re)established,
+        after the watch starts, so a full re-read there misses nothing; ``on_event`` gets
+        each event."""
+        backoff = Backoff()
         key = prefix.encode()
         end = key[:-1] + bytes([key[-1] + 1])
         while True:
             try:
                 stream = await self.client.watch(key, range_end=end)
-                delay = 0.1
-                result = on_event()
-                if asyncio.iscoroutine(result):
-                    await result
-                async for _event in stream:
-                    result = on_event()
-                    if asyncio.iscoroutine(result):
-                        await result
+                backoff.reset()
+                await on_open()
+                async for event in stream:
+                    pending = on_event(event)
+                    if pending is not None:
+                        await pending
             except ETCD_ERRORS as exc:
                 self.metrics.etcd_connection(False)
                 LOG.debug(f"watch {name} broke: {type(exc).__name__}", extra={"node": self.node})
-            await asyncio.sleep(delay)
-            delay = min(BACKOFF_MAX, delay * 2)
+            await backoff.wait()
 
     async def _resync_loop(self) -> None:
         while True:
@@ -287,15 +330,38 @@ class Agent:
                 self._resync.set()
 
     async def _resync_now(self) -> None:
-        objects = await self.store.list_all()
-        previous = self.snapshot.gateways
-        self.snapshot = Snapshot.of(0, objects)
-        for name in previous.keys() - self.snapshot.gateways.keys():
+        """A full read of the resources (start, watch re-established, slow backstop)."""
+        kvs = await self.client.get_prefix(self.layout.resources_prefix.encode())
+        await self._topology(await self.inventory.load(
+            [Change(kv.key.decode(), kv.value, kv.mod_revision) for kv in kvs]))
+
+    def _resource_changed(self, event) -> None:
+        """A resource watch event, queued for the inventory (a burst goes as one batch)."""
+        kv = event.kv
+        self._changes.append(Change(kv.key.decode(), None if event.kind == "DELETE" else kv.value,
+                                    kv.mod_revision))
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.create_task(self._drain(), name="inventory")
+
+    async def _drain(self) -> None:
+        """Hand queued changes to the inventory (a burst goes as one batch)."""
+        while self._changes:
+            batch, self._changes = self._changes, []
+            snapshot = await self.inventory.apply(batch)
+            if snapshot is not None:
+                await self._topology(snapshot)
+            else:
+                self.datapath.request()
+
+    async def _topology(self, snapshot: Snapshot) -> None:
+        """Gateways or nodes changed: memberships, eligibility, the plan."""
+        for name in self.snapshot.gateways.keys() - snapshot.gateways.keys():
             self.metrics.gateway_deleted(name)
-        for gw in self.snapshot.gateways.values():
+        for gw in snapshot.gateways.values():
             self.metrics.gateway_exists(gw.name, gw.source_ip.mode)
+        self.snapshot = snapshot
         await self._reconcile_membership()
-        self.datapath.set_snapshot(self.snapshot)
+        self.datapath.request()
         self._status_dirty.set()
 
     async def _holders_changed(self) -> None:
@@ -306,9 +372,11 @@ class Agent:
             return
         holders = {kv.key.decode()[len(prefix):]: json.loads(kv.value)["node"] for kv in result}
         self.datapath.set_holders(holders)
+        self.holders = holders
+        self._placement_apply()
 
     async def _switchover_requested(self) -> None:
-        prefix = f"{self.layout.prefix}/switchover/"
+        prefix = switchover_prefix(self.layout.prefix)
         result = await self.client.get_prefix(prefix.encode())
         for kv in result:
             gateway = kv.key.decode()[len(prefix):]
@@ -325,6 +393,7 @@ class Agent:
 
     async def _reconcile_membership(self) -> None:
         async with self._membership_lock:
+            self._placement_update()
             wanted = {g.name: g for g in self.snapshot.gateways_of(self.node)}
             for name in [n for n in self.members if n not in wanted]:
                 await self._leave(name, "no longer selected")
@@ -337,7 +406,9 @@ class Agent:
                     self._join(gw)
                 else:
                     member.gateway = gw
-                    member.set_members(self.snapshot.members_of(gw), self._priority(gw))
+                    placed = self.placement.member(gw.name, gw.failover.priorities, self.holders)
+                    member.set_members(self.snapshot.members_of(gw), placed.priority,
+                                       placed.move_delay, placed.first_choice)
             self.receiver.set_gateways({name: m.vrid for name, m in self.members.items()})
             self._update_eligibility()
 
@@ -347,25 +418,75 @@ class Agent:
         members and priorities change live (MembersChanged)."""
         return (gw.source_ip, replace(gw.failover, priorities={}), gw.vrid)
 
-    def _priority(self, gw: EgressGateway) -> int:
-        """Every node computes the same spread of first choices from the store, so
-        gateways sharing nodes start on different nodes; explicit priorities win."""
-        gws = self.snapshot.gateways.values()
-        tops = balanced_tops({g.name: self.snapshot.members_of(g) for g in gws},
-                             {g.name: g.failover.priorities for g in gws})
-        return balanced_priority(gw.name, self.node, tops, gw.failover.priorities)
+    # --- placement (agent/placement.py) ------------------------------------------------
+
+    async def _placement_read(self) -> None:
+        """Every node's eligibility record (start, and each change of one)."""
+        prefix = self.layout.placement_prefix
+        try:
+            kvs = await self.client.get_prefix(prefix.encode())
+        except ETCD_ERRORS:
+            return
+        self.placement.records({kv.key.decode()[len(prefix):]: kv.value for kv in kvs},
+                               time.time())
+        self._placement_apply()
+
+    def _placement_update(self) -> bool:
+        """Recompute the choices from the store and the records; True if they changed."""
+        if self._placement_timer is not None:
+            self._placement_timer.cancel()
+        at = self.placement.next_change()
+        if at is not None:  # a gone node stops counting: recompute then
+            loop = asyncio.get_running_loop()
+            self._placement_timer = loop.call_at(loop.time() + max(0.0, at - time.time()),
+                                                 self._placement_apply)
+        gws = self.snapshot.gateways
+        changed = self.placement.update({g: self.snapshot.members_of(gw) for g, gw in gws.items()},
+                                        {g: gw.failover.priorities for g, gw in gws.items()},
+                                        time.time())
+        if changed:
+            LOG.info("placement: " + ", ".join(
+                f"{g} {'/'.join(c) or '-'}" for g, c in sorted(self.placement.choices.items())),
+                extra={"node": self.node})
+        return changed
+
+    def _placement_apply(self) -> None:
+        """Hand every member its priority and place in the queue of moves."""
+        self._placement_update()
+        for member in self.members.values():
+            placed = self.placement.member(member.name, member.gateway.failover.priorities,
+                                           self.holders)
+            member.set_members(member.election.cfg.members, placed.priority, placed.move_delay,
+                               placed.first_choice)
+        self.metrics.placement(self.placement.share())
+
+    async def _placement_publish(self, lease, eligible: bool) -> None:
+        """This node's record: there while it is eligible, bound to the status lease."""
+        self.placement.set_eligible(eligible, time.time())
+        value = self.placement.record()
+        if self._placement_published is not None and self._placement_published[0] == lease.id \
+                and (self._placement_published[1] is None) == (value is None):
+            return
+        key = self.layout.placement_key(self.node).encode()
+        if value is None:
+            await self.client.delete(key)
+        else:
+            await self.client.put(key, value, lease=lease)
+        self._placement_published = (lease.id, value)
 
     def _join(self, gw: EgressGateway) -> None:
         me = self.snapshot.nodes[self.node]
         interface, ip, _why = egress_ip(gw, me, self.interfaces)
         members = self.snapshot.members_of(gw)
-        priority = self._priority(gw)
+        placed = self.placement.member(gw.name, gw.failover.priorities, self.holders)
+        priority = placed.priority
         if interface is not None:
             self._ensure_transport(interface)
         ctx = MemberContext(self.node, self.datapath, self.metrics, self._send,
                             asyncio.get_running_loop().time, self.layout.prefix,
-                            self._status_dirty.set)
-        member = GatewayMember(ctx, gw, members, priority, interface, ip, self.client)
+                            self._status_dirty.set, self.config.placement_hold_down)
+        member = GatewayMember(ctx, gw, members, priority, interface, ip, self.client,
+                               placed.move_delay, placed.first_choice)
         self.members[gw.name] = member
         self.heard.setdefault(gw.name, {})
         self.metrics.gateway_joined(gw.name)
@@ -374,6 +495,7 @@ class Agent:
         healthy, cordoned = self._eligibility_inputs(gw)
         member.start(healthy, cordoned)
         self._last_eligibility[gw.name] = (healthy, cordoned)
+        self.metrics.gateway_eligibility(gw.name, healthy and not cordoned)
 
     async def _leave(self, name: str, why: str) -> None:
         member = self.members.pop(name)
@@ -421,16 +543,19 @@ class Agent:
         healthy = self.monitor.ready and not self._datapath_problems(gw)
         return healthy, cordoned
 
+    def _why_unhealthy(self, gw: EgressGateway) -> str:
+        """The first reason the node may not serve ``gw`` (the release names it)."""
+        reasons = self.monitor.failing_reasons() + self._datapath_problems(gw)
+        return reasons[0] if reasons else ""
+
     def _datapath_problems(self, gw: EgressGateway | None = None) -> list[str]:
-        problems = list(self.kernel_problems)
+        """The node's own problems, and with ``gw`` also those of that gateway alone."""
+        problems = node_problems(self.kernel, self.config.internal_interface)
         if self.datapath is not None and self.datapath.error:
             problems.append(self.datapath.error)
-        if gw is not None:
-            me = self.snapshot.nodes.get(self.node)
-            if me is not None:
-                _if, ip, why = egress_ip(gw, me, self.interfaces)
-                if ip is None:
-                    problems.append(why)
+        me = self.snapshot.nodes.get(self.node)
+        if gw is not None and me is not None:
+            problems += gateway_problems(gw, me, self.interfaces, self.kernel)
         return problems
 
     def _update_eligibility(self) -> None:
@@ -439,7 +564,7 @@ class Agent:
             healthy, cordoned = self._eligibility_inputs(member.gateway)
             old = self._last_eligibility.get(name)
             if old is None or old[0] != healthy:
-                member.set_eligible(healthy)
+                member.set_eligible(healthy, "" if healthy else self._why_unhealthy(member.gateway))
             if old is None or old[1] != cordoned:
                 member.set_cordoned(cordoned)
             if old != (healthy, cordoned):
@@ -464,22 +589,39 @@ class Agent:
         self.datapath.set_interfaces(self.interfaces)
         wanted = {self.config.internal_interface}
         wanted |= {m.info.interface for m in self.members.values() if m.info.interface}
-        self.kernel_problems = await asyncio.to_thread(kernel_problems, wanted)
+        self.kernel = await asyncio.to_thread(check_kernel, wanted)
+
+    async def _selfcheck_loop(self) -> None:
+        """The self-check, whenever the kernel says a link, address or route changed (a lost
+        carrier takes a two-node group's holder out at once), else every few seconds."""
+        changed = asyncio.Event()
+        watcher = KernelChanges(changed.set)
+        watcher.start(asyncio.get_running_loop())
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(changed.wait(), SELF_CHECK_BACKSTOP)
+                    await asyncio.sleep(SELF_CHECK_SETTLE)
+                except asyncio.TimeoutError:
+                    pass
+                changed.clear()
+                await self._check_kernel()
+                self._update_eligibility()
+        finally:
+            watcher.close()
 
     async def _periodic_loop(self) -> None:
-        """Self-check four times a second; drift repair, resync and GARP refresh on slower clocks."""
-        last_verify = last_garp = last_drops = time.monotonic()
+        """Drop counters every second; drift repair, resync and GARP refresh on slower clocks."""
+        last_verify = last_garp = last_store = time.monotonic()
         while True:
-            await asyncio.sleep(SELF_CHECK_INTERVAL)
-            await self._check_kernel()
-            self._update_eligibility()
+            await asyncio.sleep(DROPS_INTERVAL)
+            self.datapath.read_drops()
             now = time.monotonic()
-            if now - last_drops >= DROPS_INTERVAL:
-                last_drops = now
-                self.datapath.read_drops()
             if now - last_verify >= self.config.reconcile_interval:
                 last_verify = now
                 await self.datapath.verify()
+            if now - last_store >= STORE_RESYNC_INTERVAL:
+                last_store = now
                 self._resync.set()
             refresh = self.config.garp.refresh
             if refresh and now - last_garp >= refresh:
@@ -500,15 +642,12 @@ class Agent:
                           extra={"node": self.node})
                 continue
             self.config = replace(new, etcd=self.config.etcd)
-            self._load_keys()
-            for transport in self.transports.values():
-                transport.encoder = self.encoder
+            self.heartbeat_keys.apply_config(self.config)
             self.monitor.reconfigure(new.probes)
             if self._health_task is not None:
                 self._health_task.cancel()
             self._start_health()
-            await self._with_retry("register", lambda: register_node(
-                self.store, self.config, {k: str(v.ip) for k, v in self.interfaces.items()}))
+            await self._register()
             LOG.info("config reloaded", extra={"node": self.node})
 
     # --- status -----------------------------------------------------------------------
@@ -540,10 +679,12 @@ class Agent:
             datapath_ready=not dp_problems, datapath_reason="; ".join(dp_problems),
             updated=time.time(), agent_version=_version())
         self.metrics.probes_updated(self.monitor.statuses())
-        self.metrics.node_eligibility(evaluate_eligibility(
+        eligibility = evaluate_eligibility(
             health_ready=self.monitor.ready, health_reasons=self.monitor.failing_reasons(),
             cordoned=self._last_cordoned(), datapath_ready=not dp_problems,
-            datapath_reasons=dp_problems))
+            datapath_reasons=dp_problems)
+        self.metrics.node_eligibility(eligibility)
+        await self._placement_publish(lease, eligibility.node_eligible)
         await self.client.put(self.layout.node_status_key(self.node).encode(),
                               json.dumps(status.to_dict()).encode(), lease=lease)
         horizon = time.time() - 3 * max(0.05, max(

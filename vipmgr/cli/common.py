@@ -15,10 +15,18 @@ import yaml
 
 from vipmgr.resources.errors import ValidationError
 from vipmgr.store.client import EtcdSettings, EtcdUnavailable, connect
-from vipmgr.store.resources import ConflictError, KeyLayout, NotFoundError, ResourceStore
+from vipmgr.store.resources import (
+    ConflictError,
+    CorruptObjectError,
+    KeyLayout,
+    NotFoundError,
+    ResourceStore,
+)
 
 EXIT_PROBLEM = 1
-EXIT_UNREACHABLE = 2
+EXIT_USAGE = 2  # click's own code for bad options
+EXIT_UNREACHABLE = 3
+MAX_PRINTED = 100  # problems printed in full; an apply of 10,000 objects may have more
 
 
 def etcd_options(fn: Callable) -> Callable:
@@ -50,7 +58,15 @@ def settings_from(kwargs: dict[str, Any]) -> EtcdSettings:
             cert=kwargs.pop("cert"), key=kwargs.pop("key_file"), user=kwargs.pop("user"),
             password=kwargs.pop("password"))
     except ValueError as exc:
-        fail(str(exc), EXIT_UNREACHABLE)
+        fail(str(exc), EXIT_USAGE)
+
+
+def print_problems(problems: Sequence[Any], level: str, limit: int = MAX_PRINTED) -> None:
+    """``level: problem`` lines on stderr; past ``limit`` one line says how many more."""
+    for problem in problems[:limit]:
+        click.echo(f"{level}: {problem}", err=True)
+    if len(problems) > limit:
+        click.echo(f"{level}: … and {len(problems) - limit:,} more like these", err=True)
 
 
 def fail(message: str, code: int = EXIT_PROBLEM) -> None:
@@ -77,11 +93,10 @@ def run_with_store(settings: EtcdSettings,
             grpc.RpcError) as exc:
         fail(f"etcd at {settings.describe()} failed during the request: {exc}", EXIT_UNREACHABLE)
     except ValidationError as exc:
-        for problem in exc.problems:
-            click.echo(f"error: {problem}", err=True)
+        print_problems(exc.problems, "error")
         click.echo("nothing was changed", err=True)
         sys.exit(EXIT_PROBLEM)
-    except (ConflictError, NotFoundError) as exc:
+    except (ConflictError, NotFoundError, CorruptObjectError) as exc:
         fail(str(exc).strip("'\""))
     sys.exit(code or 0)
 

@@ -49,7 +49,7 @@ def flush(netns: str | None) -> None:
     report = _on_dataplane(netns, lambda dp: dp.flush())
     for change in report.changes:
         click.echo(change)
-    for why, n in report.conntrack_deleted.items():
-        click.echo(f"conntrack: {why}: {n} entries deleted")
+    for (gateway, reason), n in report.conntrack_deleted.items():
+        click.echo(f"conntrack: {reason} {gateway}: {n} entries deleted")
     if not report:
         click.echo("nothing to remove")

@@ -16,9 +16,21 @@ from pathlib import Path
 import click
 
 from vipmgr.lab import runtime
-from vipmgr.lab.bench import ARP_INTERVAL, BENCH_FAULTS, IMPLS, MAX_STREAM, run_failover
+from vipmgr.lab.bench import (
+    ARP_INTERVAL,
+    BENCH_FAULTS,
+    IMPLS,
+    MAX_STREAM,
+    READY_TIMEOUT,
+    Vipmgr,
+    run_failover,
+    runs_agents,
+    wait_ready,
+)
+from vipmgr.lab.chaos import chaos_command
 from vipmgr.lab.demo import run_demo
 from vipmgr.lab.netns import NetnsError
+from vipmgr.lab.placement import run_placement, step_line
 from vipmgr.lab.runtime import FAULTS, Lab, LabError
 from vipmgr.lab.topology import Topology, TopologyError, default_topology_path, load
 
@@ -57,15 +69,25 @@ def lab() -> None:
 @lab.command()
 @click.option("-t", "--topo", type=click.Path(exists=True, dir_okay=False),
               help="topology file (default: lab/egress.clab.yml)")
-@click.option("-n", "--name", help="deploy under this lab name instead of the file's")
+@click.option("-n", "--name", envvar="VIPMGR_LAB", metavar="LAB",
+              help="deploy under this lab name instead of the file's ($VIPMGR_LAB)")
 @click.option("--timeout", type=float, default=runtime.UP_TIMEOUT, show_default=True,
               help="seconds until every healthcheck must pass")
-def up(topo: str | None, name: str | None, timeout: float) -> None:
-    """Create the lab's namespaces, links and processes; wait until it is ready."""
+@click.option("--no-wait", is_flag=True,
+              help="do not wait for the agents to elect and serve (vipmgr status healthy)")
+def up(topo: str | None, name: str | None, timeout: float, no_wait: bool) -> None:
+    """Create the lab's namespaces, links and processes; wait until it is ready.
+
+    With the seed topology that means etcd up, the seed manifests applied, an
+    agent on every egress node and worker, and vm-backend egressing as the VIP.
+    """
     topology = _load(topo, name)
     try:
         deployed = runtime.deploy(topology, timeout=timeout,
                                   progress=lambda msg: click.echo(f"  {msg}", err=True))
+        if runs_agents(deployed) and not no_wait:
+            click.echo(f"  waiting for the agents (at most {READY_TIMEOUT:g} s)", err=True)
+            wait_ready(deployed)
     except (LabError, NetnsError) as exc:
         raise click.ClickException(str(exc)) from None
     st = deployed.state
@@ -79,11 +101,9 @@ def up(topo: str | None, name: str | None, timeout: float) -> None:
         click.echo(f"  vipmgr lab curl{flag} {vm:<22} # the source IP the echo service sees")
     linux = [n.name for n in topology.nodes.values() if not n.is_bridge]
     click.echo(f"  vipmgr lab exec{flag} {linux[0]} -- ip -br addr")
-    manifests = Path(topology.path).parent / "manifests"
-    if (manifests / "lab-inventory.yaml").is_file():
-        rel = os.path.relpath(manifests)
-        click.echo(f"  vipmgr lab exec{flag} {linux[0]} -- vipmgr apply -f {rel}/lab-inventory.yaml"
-                   f" -f {rel}/egressgateway-virtual-ip.yaml -f {rel}/egressgatewaypolicy.yaml")
+    if runs_agents(deployed):
+        click.echo(f"  vipmgr lab exec{flag} {linux[0]} -- vipmgr status")
+        click.echo(f"  vipmgr lab agent{flag} stop|start NODE")
     click.echo(f"  vipmgr lab status{flag}")
     click.echo(f"  vipmgr lab fault{flag} NODE crash|freeze|linkdown|...|heal")
     click.echo(f"  vipmgr lab down{flag}")
@@ -172,13 +192,24 @@ def curl(name: str | None, vm: str, dst: str, port: int, timeout: float) -> None
         raise click.ClickException(str(exc)) from None
 
 
+def _resolve_node(lab: Lab, node: str) -> str:
+    """NODE as given, or for ``@GATEWAY`` the gateway's active node right now."""
+    if not node.startswith("@"):
+        return node
+    active = Vipmgr.status(lab, node[1:]).get("active")
+    if not active:
+        raise click.ClickException(f"{node}: gateway {node[1:]!r} has no active node now "
+                                   "(vipmgr status says who serves)")
+    return active
+
+
 @lab.command()
 @name_option
 @click.argument("node")
 @click.argument("kind", type=click.Choice(FAULTS))
 @click.option("--iface", default="eth1", show_default=True, help="interface for linkdown")
 def fault(name: str | None, node: str, kind: str, iface: str) -> None:
-    """Inject a fault into NODE, or heal all of its faults.
+    """Inject a fault into NODE (@GATEWAY: the gateway's active node), or heal its faults.
 
     \b
     crash                SIGKILL the node's main process (heal restarts it)
@@ -188,11 +219,61 @@ def fault(name: str | None, node: str, kind: str, iface: str) -> None:
     etcd-partition       drop traffic between the node and etcd
     heal                 undo every fault of the node
     """
+    deployed = _running_lab(name)
+    target = _resolve_node(deployed, node)
     try:
-        _running_lab(name).fault(node, kind, iface)
+        deployed.fault(target, kind, iface)
     except (LabError, NetnsError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{node}: {kind}")
+    click.echo(f"{target}{f' (active of {node[1:]})' if target != node else ''}: {kind}")
+
+
+@lab.command()
+@name_option
+def heal(name: str | None) -> None:
+    """Undo every fault of every node; crashed main processes start again."""
+    deployed = _running_lab(name)
+    faulty = [n for n, st in deployed.state.nodes.items()
+              if st.faults or (st.cmd and deployed.process_state(n) == "exited")]
+    try:
+        for node in faulty:
+            deployed.fault(node, "heal")
+    except (LabError, NetnsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"healed {', '.join(faulty) or 'nothing (no faults)'}")
+
+
+@lab.command("agent")
+@name_option
+@click.argument("action", type=click.Choice(["stop", "start", "restart"]))
+@click.argument("node")
+def agent_cmd(name: str | None, action: str, node: str) -> None:
+    """Stop (SIGTERM: a graceful handover), start or restart NODE's agent (@GATEWAY: its active).
+
+    \b
+    vipmgr lab agent stop gw-b          # gw-b hands its gateways over and exits
+    vipmgr lab agent start gw-b         # the topology's agent command again
+    vipmgr lab agent stop @egress-gw    # whichever node is active for egress-gw
+    """
+    deployed = _running_lab(name)
+    node = _resolve_node(deployed, node)
+    try:
+        running = deployed.process_state(node) in ("running", "frozen")
+        if action in ("stop", "restart"):
+            if not running and action == "stop":
+                raise LabError(f"{node}: no agent is running (start it: vipmgr lab agent start "
+                               f"{node})")
+            deployed.stop(node)
+        if action in ("start", "restart"):
+            if running and action == "start":
+                raise LabError(f"{node}: the agent is already running "
+                               f"(pid {deployed.node(node).pid})")
+            pid = deployed.start(node)
+            click.echo(f"{node}: agent started (pid {pid}, log {deployed.log_path(node)})")
+        else:
+            click.echo(f"{node}: agent stopped")
+    except (LabError, NetnsError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @lab.group()
@@ -215,8 +296,13 @@ def bench() -> None:
               help="topology file (default: lab/egress.clab.yml)")
 @click.option("--keep", is_flag=True, help="leave the lab up afterwards")
 @click.option("--json", "as_json", is_flag=True, help="the report as JSON on stdout")
+@click.option("--plot", type=click.Path(dir_okay=False, writable=True), metavar="FILE.svg",
+              help="draw the median trial: arrivals by delivering node, outage, ARP owners")
+@click.option("--tcp-flows", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="also hold N long-lived TCP connections from vm-backend across each fault")
 def failover(fault: str, trials: int, impl_name: str, rate: float, duration: float,
-             name: str | None, topo: str | None, keep: bool, as_json: bool) -> None:
+             name: str | None, topo: str | None, keep: bool, as_json: bool,
+             plot: str | None, tcp_flows: int) -> None:
     """Outage, loss, wrong-source and dual-answer figures of a failover, over N trials.
 
     \b
@@ -226,11 +312,13 @@ def failover(fault: str, trials: int, impl_name: str, rate: float, duration: flo
     """
     command = (f"vipmgr lab bench failover --fault {fault} --trials {trials} --impl {impl_name}"
                + (f" --rate {rate:g}" if rate != 1000 else "")
-               + (f" --duration {duration:g}" if duration != 3.0 else ""))
+               + (f" --duration {duration:g}" if duration != 3.0 else "")
+               + (f" --tcp-flows {tcp_flows}" if tcp_flows else ""))
     progress = (lambda msg: click.echo(msg, err=True))
     try:
         report = run_failover(impl_name, fault, trials, rate=rate, duration=duration, name=name,
-                              topology=topo, keep=keep, say=progress)
+                              topology=topo, keep=keep, say=progress, plot=plot,
+                              tcp_flows=tcp_flows)
     except (LabError, NetnsError, TopologyError) as exc:
         raise click.ClickException(str(exc)) from None
     report["command"] = command
@@ -250,6 +338,56 @@ def failover(fault: str, trials: int, impl_name: str, rate: float, duration: flo
     click.echo(f"  dual answer    {report['dual_answer']} ARP probes answered by two nodes "
                f"(one probe per {ARP_INTERVAL * 1000:g} ms)")
     click.echo(f"  MAC flip-backs {report['mac_flip_backs']}")
+    if "tcp" in report:
+        tcp = report["tcp"]
+        click.echo(f"  tcp flows      survived min {tcp['survived_min']}/{tcp['flows']}, "
+                   f"median {tcp['survived_p50']:g}; worst stall {tcp['worst_stall_ms_max']:.0f} ms")
+
+
+@bench.command()
+@click.option("--gateways", type=click.IntRange(4, 150), default=12, show_default=True,
+              help="gateways in all (the seed's egress-gw and gw01..)")
+@click.option("--hold-down", type=click.FloatRange(0.5, MAX_STREAM - 2.0), default=3.0,
+              show_default=True, help="the agents' placementHoldDown, seconds")
+@click.option("--trials", type=click.IntRange(0, 100), default=5, show_default=True,
+              help="rebalance moves measured with the stream and the ARP prober")
+@click.option("-n", "--name", help="lab name (default bench-placement)")
+@click.option("-t", "--topo", type=click.Path(exists=True, dir_okay=False),
+              help="topology file (default: lab/egress.clab.yml)")
+@click.option("--keep", is_flag=True, help="leave the lab up afterwards")
+@click.option("--json", "as_json", is_flag=True, help="the report as JSON on stdout")
+def placement(gateways: int, hold_down: float, trials: int, name: str | None,
+              topo: str | None, keep: bool, as_json: bool) -> None:
+    """The spread of many gateways over the egress nodes after each change, and the cost
+    of a rebalance move (docs/placement.md).
+
+    \b
+    Steps: a batch of gateways added, three deleted and added one by one, a crash
+    and recovery, a freeze and thaw, cordon/uncordon, the egress label taken off
+    and put back. Each prints the active gateways per node once settled, when every
+    gateway was served by an eligible node, when placement settled, and the moves.
+    """
+    progress = (lambda msg: click.echo(msg, err=True))
+    try:
+        report = run_placement(gateways, hold_down, trials, name=name, topology=topo,
+                               keep=keep, say=progress)
+    except (LabError, NetnsError, TopologyError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"\nvipmgr lab bench placement --gateways {gateways} --hold-down {hold_down:g}"
+               f" --trials {trials}")
+    click.echo(f"{gateways} gateways on {report['nodes']} nodes, hold-down {hold_down:g} s")
+    for step in report["steps"]:
+        click.echo(step_line(step))
+    moves = report["rebalance"]
+    if moves["trials"]:
+        out = moves["outage_ms"]
+        click.echo(f"  rebalance move ({moves['trials']} trials): outage ms p50 {out['p50']:.0f}"
+                   f" p99 {out['p99']:.0f} max {out['max']:.0f}; wrong source "
+                   f"{moves['wrong_source']}; dual answer {moves['dual_answer']}; lost "
+                   f"{moves['lost']} of {moves['sent']}")
 
 
 @lab.command()
@@ -263,3 +401,6 @@ def demo(topo: str | None, name: str) -> None:
     except (LabError, NetnsError, TopologyError) as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(0 if ok else 1)
+
+
+lab.add_command(chaos_command)  # vipmgr lab chaos: docs/chaos.md

@@ -12,12 +12,14 @@ import importlib.util
 import click
 
 EXIT_CODES_HELP = """\b
-Exit codes:
-  0  success
-  1  the command ran but found a problem (validation failed, object not
-     found, degraded status)
-  2  could not reach etcd / usage error / a gateway has no active node
-     (status)
+Exit codes (each means one thing, for every command):
+  0  success (status: every gateway healthy)
+  1  the command found a problem: invalid input, object not found,
+     conflict, a refused request; status: a gateway is degraded
+  2  usage error (unknown option, missing argument)
+  3  etcd unreachable (one line naming the endpoints)
+  4  status: a gateway has no active node (its traffic is dropped)
+  5  switchover --wait: no new active serves within --timeout
 """
 
 # name -> "module:attribute"; each module owns its command.
@@ -35,6 +37,8 @@ SUBCOMMANDS: dict[str, str] = {
     "agent": "vipmgr.cli.agent:agent",
     "status": "vipmgr.cli.status:status",
     "switchover": "vipmgr.cli.status:switchover",
+    "events": "vipmgr.cli.events:events",
+    "keys": "vipmgr.cli.keys:keys",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 import time
@@ -9,9 +10,18 @@ from typing import Any
 
 import click
 
-from vipmgr.cli.common import dump, fail, print_table, store_command
+from vipmgr.cli.common import (
+    dump,
+    etcd_options,
+    fail,
+    print_problems,
+    print_table,
+    run_with_store,
+    settings_from,
+    store_command,
+)
 from vipmgr.resources.errors import ValidationError
-from vipmgr.resources.loader import load_documents, parse_documents
+from vipmgr.resources.loader import LoadedDoc, load_documents, parse_documents, where_in
 from vipmgr.resources.models import (
     KIND_BY_KIND,
     MODE_PRIMARY,
@@ -25,34 +35,27 @@ from vipmgr.resources.models import (
 )
 from vipmgr.resources.selectors import label_key_problem, label_value_problem, parse_selector_string
 from vipmgr.resources.status import GatewayMemberStatus, NodeStatus
-from vipmgr.store.resources import ResourceStore
+from vipmgr.resources.textinput import InputError, read_text_file
+from vipmgr.store.client import EtcdSettings, parse_endpoint
+from vipmgr.store.resources import DEFAULT_MAX_TXN_OPS, ResourceStore
 
 NODE_STATUS_STALE_S = 5.0
 
 
-def _read_input(path: str) -> tuple[str, str]:
-    if path == "-":
-        return sys.stdin.read(), "<stdin>"
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read(), path
-    except OSError as exc:
-        fail(f"cannot read {path}: {exc.strerror}")
-        raise
-
-
-def _load_files(files: tuple[str, ...]) -> list[Resource]:
+def _load_files(files: tuple[str, ...], across: bool = True) -> list[tuple[LoadedDoc, Resource]]:
+    """Every document of every file, validated; on any problem: all of them, and exit 1."""
     docs = []
     try:
         for path in files:
-            text, source = _read_input(path)
+            text, source = read_text_file(path)
             docs.extend(load_documents(text, source))
-        return [obj for _, obj in parse_documents(docs)]
+        return parse_documents(docs, across=across)
+    except InputError as exc:
+        click.echo(f"error: {exc}", err=True)
     except ValidationError as exc:
-        for problem in exc.problems:
-            click.echo(f"error: {problem}", err=True)
-        click.echo("nothing was changed", err=True)
-        sys.exit(1)
+        print_problems(exc.problems, "error")
+    click.echo("nothing was changed", err=True)
+    sys.exit(1)
 
 
 def _kind(name: str) -> KindInfo:
@@ -66,39 +69,110 @@ def _kind(name: str) -> KindInfo:
 # --- apply / delete ------------------------------------------------------------------
 
 
+def _txn_ops_option(fn):
+    return click.option("--max-txn-ops", type=click.IntRange(2, None), default=DEFAULT_MAX_TXN_OPS,
+                        show_default=True, help="operations per etcd transaction: etcd's "
+                        "--max-txn-ops; larger inputs are written in several")(fn)
+
+
+def etcd_addresses(settings: EtcdSettings) -> dict[str, str]:
+    """The IPv4 literals among the etcd endpoints: no virtual IP may take them."""
+    out = {}
+    for endpoint in settings.endpoints:
+        host, _ = parse_endpoint(endpoint)
+        try:
+            out[str(ipaddress.IPv4Address(host))] = f"the address of etcd ({endpoint})"
+        except ValueError:
+            continue
+    return out
+
+
+class ProgressLine:
+    """"wrote 1,280/10,000 objects" on stderr every tenth of a long write."""
+
+    def __init__(self, verb: str):
+        self.verb = verb
+        self.shown = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        step = max(1, total // 10)
+        if done == total and self.shown == 0:
+            return  # one transaction: nothing to report
+        if done - self.shown >= step or done == total:
+            self.shown = done
+            click.echo(f"{self.verb} {done:,}/{total:,} objects", err=True)
+
+
 @click.command("apply")
 @click.option("-f", "--filename", "files", multiple=True, required=True,
               help="manifest file (YAML or JSON, several documents allowed); - reads stdin")
-@click.option("--dry-run", is_flag=True, help="validate and report, change nothing")
-@store_command
-async def apply_cmd(store: ResourceStore, files: tuple[str, ...], dry_run: bool) -> None:
-    """Create or update resources from files: all of them, or none."""
-    objects = _load_files(files)
+@click.option("--dry-run", is_flag=True, help="validate against the store and report, change nothing")
+@click.option("--strict", is_flag=True, help="refuse the apply on warnings too")
+@_txn_ops_option
+@etcd_options
+def apply_cmd(files: tuple[str, ...], dry_run: bool, strict: bool, max_txn_ops: int,
+              **etcd: Any) -> None:
+    """Create or update resources from files: all of them, or none.
+
+    Files are checked before etcd is contacted; then every object is checked against
+    the store (addresses, references, overlapping policies). Warnings are printed and
+    the apply goes on, unless --strict.
+    """
+    settings = settings_from(etcd)
+    parsed = _load_files(files)
+    objects = [obj for _, obj in parsed]
     suffix = " (dry run)" if dry_run else ""
-    for outcome in await store.apply(objects, dry_run=dry_run):
-        click.echo(f"{outcome}{suffix}")
+
+    async def body(store: ResourceStore) -> None:
+        outcomes = await store.apply(
+            objects, dry_run, strict=strict, where=where_in(parsed),
+            reserved=etcd_addresses(settings), max_txn_ops=max_txn_ops,
+            progress=ProgressLine("wrote"), warn=lambda ws: print_problems(ws, "warning"))
+        for outcome in outcomes:
+            click.echo(f"{outcome}{suffix}")
+
+    run_with_store(settings, body)
 
 
 @click.command("delete")
 @click.option("-f", "--filename", "files", multiple=True, help="delete what these files define")
 @click.argument("kind", required=False)
 @click.argument("names", nargs=-1)
+@click.option("-l", "--selector", help="delete every KIND object matching, e.g. app=backend")
+@click.option("--all", "everything", is_flag=True, help="delete every KIND object")
 @click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-A", "--all-namespaces", is_flag=True, help="with -l/--all: VMs of every namespace")
+@_txn_ops_option
 @store_command
 async def delete_cmd(store: ResourceStore, files: tuple[str, ...], kind: str | None,
-                     names: tuple[str, ...], namespace: str) -> int:
-    """Delete resources by file or by KIND NAME…"""
-    if files and kind:
-        fail("give either -f FILE or KIND NAME…, not both")
+                     names: tuple[str, ...], selector: str | None, everything: bool,
+                     namespace: str, all_namespaces: bool, max_txn_ops: int) -> int:
+    """Delete resources: -f FILE…, KIND NAME…, KIND -l SELECTOR or KIND --all."""
+    ways = [bool(files), bool(names), selector is not None, everything]
+    if sum(ways) != 1 or (files and kind):
+        fail("say what to delete in one way: -f FILE…, KIND NAME…, KIND -l SELECTOR "
+             "or KIND --all")
     if files:
-        targets = [(KIND_BY_KIND[o.KIND], o.key_name) for o in _load_files(files)]
-    elif kind and names:
+        targets = [(KIND_BY_KIND[o.KIND], o.key_name) for _, o in _load_files(files, across=False)]
+    elif not kind:
+        fail("-l and --all need a KIND, e.g. vipmgr delete vm -l app=backend")
+    elif names:
         info = _kind(kind)
         targets = [(info, f"{namespace}/{n}" if info.cls.NAMESPACED else n) for n in names]
     else:
-        fail("nothing to delete: give -f FILE or KIND NAME…")
+        info = _kind(kind)
+        try:
+            sel = parse_selector_string(selector) if selector is not None else None
+        except ValueError as exc:
+            fail(str(exc))
+        ns = namespace if info.cls.NAMESPACED and not all_namespaces else None
+        targets = await store.select(info, sel, ns)
+        if not targets:
+            click.echo(f"No {info.plural} found.", err=True)
+            return 0
     missing = 0
-    for outcome in await store.delete(targets):
+    for outcome in await store.delete(targets, max_txn_ops=max_txn_ops,
+                                      progress=ProgressLine("deleted")):
         click.echo(str(outcome))
         missing += outcome.result == "not found"
     return 1 if missing else 0
@@ -350,6 +424,8 @@ async def describe_cmd(store: ResourceStore, kind: str, name: str, namespace: st
         policies = [p for p in everything if isinstance(p, EgressGatewayPolicy)
                     and p.egress_gateway_name == obj.name]
         lines.append(f"Policies:         {', '.join(p.name for p in policies) or '<none>'}")
+        from vipmgr.cli.events import describe_events  # its history module loads only here
+        lines.append(await describe_events(store, obj.name))
     elif isinstance(obj, EgressGatewayPolicy):
         selected = [v for v in vms if obj.selects(v)]
         lines += [f"Gateway:          {obj.egress_gateway_name}"
@@ -430,7 +506,8 @@ async def label_cmd(store: ResourceStore, kind: str, name: str, changes: tuple[s
         return "labeled"
 
     key_name = f"{namespace}/{name}" if info.cls.NAMESPACED else name
-    click.echo(str(await store.update(info, key_name, mutate)))
+    click.echo(str(await store.update(info, key_name, mutate,
+                                      warn=lambda ws: print_problems(ws, "warning"))))
 
 
 def _set_cordon(value: bool):

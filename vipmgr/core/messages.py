@@ -8,6 +8,7 @@ branches); every etcd action carries an ``op_id`` that its ``EtcdResult`` echoes
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 ROLE_ACTIVE = "active"
@@ -75,6 +76,7 @@ class Advert:
     stamp: float
     echo_node: str | None = None
     echo_stamp: float = 0.0
+    interval: float = 0.0     # when the sender's next advert is due (its role's period)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,7 @@ class WatchUpdate:
 @dataclass(frozen=True, slots=True)
 class HealthChanged:
     ok: bool
+    reason: str = "health check failed"  # what failed: the release's detail, status
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,8 @@ class MembersChanged:
 
     members: tuple[str, ...]
     priority: int | None = None
+    move_delay: float | None = None  # rebalance stagger (ElectionConfig.move_delay); None: keep
+    first_choice: str | None = None  # ElectionConfig.first_choice; None: keep
 
 
 Event = (Start | Tick | Heartbeat | EtcdResult | WatchUpdate | HealthChanged | Cordoned
@@ -172,13 +177,23 @@ class RoleChanged:
     new: str
     cause: str
     detail: str = ""
+    epoch: int = 0  # the authority epoch the move is about (0: none)
+
+
+class NoteKind(enum.StrEnum):
+    """What a ``Note`` action reports (status and metrics count them)."""
+
+    PAUSED = "paused"                            # not scheduled for longer than the pause gap
+    HEARTBEAT_PATH_BROKEN = "heartbeat-path-broken"  # our challenge was answered
+    MEMBERS_CHANGED = "members-changed"
+    SWITCHOVER_IGNORED = "switchover-ignored"
 
 
 @dataclass(frozen=True, slots=True)
 class Note:
     """Something status/metrics should count ("heartbeat path broken", ...)."""
 
-    kind: str
+    kind: NoteKind
     detail: str = ""
 
 

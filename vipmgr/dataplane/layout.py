@@ -32,6 +32,7 @@ INET_CHAINS = (
     ("inet", "gw_gate", "filter", "forward", "filter"),  # member: drop selected unless armed
     ("inet", "gw_snat", "nat", "postrouting", "srcnat - 10"),  # active: before a node masquerade
     ("inet", "gw_out", "filter", "postrouting", "filter"),  # active: selected, wrong interface: drop
+    ("inet", "gw_in", "filter", "input", "filter"),  # VIP: stateless packets to it: drop, not RST
 )
 ARP_CHAINS = (
     ("arp", "vip_in", "filter", "input", "filter"),  # requests for a VIP unless armed: drop
@@ -84,6 +85,12 @@ def gateway_egress(gateway: str) -> str:
     return ident("g", gateway, "egress")
 
 
+def gateway_chain(gateway: str, part: str) -> str:
+    """A gateway's own regular chain (``gate``, ``snat``, ``out``): its per-policy rules,
+    reached by one jump from the base chain of the same part."""
+    return ident("g", gateway, part)
+
+
 def gateway_fenced(gateway: str) -> str:
     """Counter: selected packets dropped at a member because it was not (or no longer) armed."""
     return ident("g", gateway, "fenced")
@@ -100,6 +107,12 @@ def gateway_misrouted(gateway: str) -> str:
     return ident("g", gateway, "misrouted")
 
 
+def gateway_nostate(gateway: str) -> str:
+    """Counter: packets to the gateway's VIP that no conntrack entry knows (mid-failover
+    retransmissions), dropped instead of answered with a RST by the local stack."""
+    return ident("g", gateway, "nostate")
+
+
 # Drop counters per gateway, by the reason a metric reports (docs/monitoring.md).
 DROP_COUNTERS = (("fenced", gateway_fenced), ("failclosed", gateway_failclosed),
-                 ("misrouted", gateway_misrouted))
+                 ("misrouted", gateway_misrouted), ("nostate", gateway_nostate))

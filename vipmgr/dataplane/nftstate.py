@@ -15,6 +15,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from vipmgr.dataplane import ctsync
 from vipmgr.dataplane import layout as L
 from vipmgr.dataplane.plan import NodePlan, collapse_cidrs
 
@@ -62,7 +63,8 @@ def _fp(rule: str) -> str:
 def desired(plan: NodePlan) -> NftState:
     """The nft objects ``plan`` needs on this node."""
     st = NftState()
-    inet: dict[str, list[str]] = {"vm_steer": [], "gw_gate": [], "gw_snat": [], "gw_out": []}
+    inet: dict[str, list[str]] = {"vm_steer": [], "gw_gate": [], "gw_snat": [], "gw_out": [],
+                                  "gw_in": []}
 
     def add_set(fam: str, name: str, spec: SetSpec, elements: Iterable[str] | None) -> None:
         st.sets[(fam, name)] = spec
@@ -76,30 +78,51 @@ def desired(plan: NodePlan) -> NftState:
         armed = L.gateway_armed(gw.name)
         add_set("inet", armed, SetSpec("nf_proto", timeout=True), None)
         st.counters.add(("inet", L.gateway_fenced(gw.name)))
+        gate = L.gateway_chain(gw.name, "gate")
+        inet["gw_gate"].append(f"jump {gate}")
+        inet[gate] = []
         for sel in gw.selections:
             src, dst = L.policy_all(sel.policy), L.policy_dst(sel.policy)
             add_set("inet", src, SetSpec("ipv4_addr"), sel.sources)
             add_set("inet", dst, SetSpec("ipv4_addr", interval=True), sel.cidrs)
-            inet["gw_gate"].append(f"ct original ip saddr @{src} ct original ip daddr @{dst} "
-                                   f"ct original ip daddr != @{L.CLUSTER} "
-                                   f"meta nfproto != @{armed} "
-                                   f"counter name \"{L.gateway_fenced(gw.name)}\" drop")
-        role = gw.active
-        if role is None:
+            inet[gate].append(f"ct original ip saddr @{src} ct original ip daddr @{dst} "
+                              f"ct original ip daddr != @{L.CLUSTER} "
+                              f"meta nfproto != @{armed} "
+                              f"counter name \"{L.gateway_fenced(gw.name)}\" drop")
+            # a packet conntrack calls invalid has no ct tuple for the rule above, and no NAT:
+            # it would leave with the VM's address
+            inet[gate].append(f"ip saddr @{src} ip daddr @{dst} ip daddr != @{L.CLUSTER} "
+                              f"ct state invalid "
+                              f"counter name \"{L.gateway_fenced(gw.name)}\" drop")
+        # SNAT and the leak guard are ready on every member that could serve; a take
+        # links them in (one jump each), so its cost does not grow with the policies
+        role = gw.active or gw.role
+        if role is not None:
+            snat, out = L.gateway_chain(gw.name, "snat"), L.gateway_chain(gw.name, "out")
+            misrouted = L.gateway_misrouted(gw.name)
+            st.counters.add(("inet", misrouted))
+            inet[snat], inet[out] = [], []
+            for sel in gw.selections:
+                match = (f"ip saddr @{L.policy_all(sel.policy)} "
+                         f"ip daddr @{L.policy_dst(sel.policy)} {outside}")
+                inet[snat].append(f"oifname \"{role.interface}\" {match} "
+                                  f"snat ip to {role.egress_ip}")
+                # no leak: what the node's routes send out of another interface would not be
+                # SNATed (the node's own masquerade, or the VM's address): drop and count it
+                inet[out].append(f"ct direction original {match} "
+                                 f"oifname != \"{role.interface}\" counter name \"{misrouted}\" drop")
+            if role.add_address:
+                # a retransmission reaching a new active before its flows are injected is
+                # dropped (retried), not reset; on every member, so no take can race it
+                nostate = L.gateway_nostate(gw.name)
+                st.counters.add(("inet", nostate))
+                inet["gw_in"] += ctsync.vip_input_rules(role.egress_ip, nostate)
+        if gw.active is None:
             st.standby[armed] = L.gateway_egress(gw.name)
             continue
-        add_set("inet", L.gateway_egress(gw.name), SetSpec("ipv4_addr"), [role.egress_ip])
-        misrouted = L.gateway_misrouted(gw.name)
-        st.counters.add(("inet", misrouted))
-        for sel in gw.selections:
-            match = (f"ip saddr @{L.policy_all(sel.policy)} ip daddr @{L.policy_dst(sel.policy)} "
-                     f"{outside}")
-            inet["gw_snat"].append(f"oifname \"{role.interface}\" {match} "
-                                   f"snat ip to {role.egress_ip}")
-            # no leak: what the node's routes send out of another interface would not be
-            # SNATed (the node's own masquerade, or the VM's address): drop and count it
-            inet["gw_out"].append(f"ct direction original {match} oifname != \"{role.interface}\" "
-                                  f"counter name \"{misrouted}\" drop")
+        add_set("inet", L.gateway_egress(gw.name), SetSpec("ipv4_addr"), [gw.active.egress_ip])
+        inet["gw_snat"].append(f"jump {L.gateway_chain(gw.name, 'snat')}")
+        inet["gw_out"].append(f"jump {L.gateway_chain(gw.name, 'out')}")
     for sp in plan.steering:
         counter = L.gateway_failclosed(sp.name)
         st.counters.add(("inet", counter))
@@ -196,6 +219,8 @@ def diff(ob: ObservedNft, want: NftState) -> Batch:
         if fam in want.tables and (fam, name) not in ob.chains:
             b.lines.append(f"add chain {fam} {t} {name} {{ type {typ} hook {hook} "
                            f"priority {prio}; policy accept; }}")
+    for fam, name in sorted(k for k in want.chains if k not in CHAINS and k not in ob.chains):
+        b.lines.append(f"add chain {fam} {t} {name}")  # a regular chain, reached by a jump
     for key, spec in sorted(want.sets.items()):
         fam, name = key
         if key in ob.sets and ob.sets[key] != spec:
@@ -233,6 +258,10 @@ def diff(ob: ObservedNft, want: NftState) -> Batch:
         for rule in want.chains[key]:
             b.lines.append(f"add rule {fam} {t} {name} {rule} comment \"{_fp(rule)}\"")
         b.changes.append(f"nft: chain {fam} {name} = {len(want.chains[key])} rules")
+    for fam, name in sorted(k for k in ob.chains if k not in CHAINS and k not in want.chains):
+        if fam in want.tables:  # the jumps to it are gone from the rewritten base chains above
+            b.lines += [f"flush chain {fam} {t} {name}", f"delete chain {fam} {t} {name}"]
+            b.changes.append(f"nft: delete chain {fam} {name}")
     for armed, egress in sorted(want.standby.items()):
         if ("inet", egress) in ob.sets and ("inet", armed) in ob.sets:
             b.lines.append(f"flush set inet {t} {armed}")  # stepped down: disarm in the same batch
@@ -263,6 +292,7 @@ class ArmTarget:
     gateway: str
     egress_ip: str
     vip: bool  # VirtualIPAddress mode: the ARP guard for the VIP is armed too
+    max_seconds: float  # the gateway's deadmanTimeout: no arm or refresh lasts longer
 
     def arm_lines(self, ms: int) -> list[str]:
         """Arm for ``ms`` milliseconds (``expires`` also moves an existing element's expiry)."""
@@ -276,5 +306,6 @@ class ArmTarget:
 
 def arm_targets(plan: NodePlan) -> dict[str, ArmTarget]:
     """The gateways ``plan`` serves here, as dead-man targets."""
-    return {gw.name: ArmTarget(gw.name, gw.active.egress_ip, gw.active.add_address)
+    return {gw.name: ArmTarget(gw.name, gw.active.egress_ip, gw.active.add_address,
+                               gw.active.deadman_timeout)
             for gw in plan.active if gw.active is not None}

@@ -30,11 +30,14 @@ has no active node.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import zlib
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from vipmgr.config.timers import Timers
+from vipmgr.dataplane.selection import SelectionIndex
 from vipmgr.resources.models import (
     MODE_PRIMARY,
     MODE_VIP,
@@ -76,15 +79,22 @@ class ActiveRole:
     add_address: bool  # VirtualIPAddress: the VIP is ours to add as a /32 (and to guard ARP for)
     return_routes: tuple[tuple[str, str], ...]  # (VM IP, its node's internal IP), sorted
     garp: GarpSettings
+    # the gateway's own spec.failover.timers.deadmanTimeout: no arm outlives it
+    deadman_timeout: float = Timers().deadman_timeout
 
 
 @dataclass(frozen=True)
 class GatewayPlan:
-    """A gateway this node is a member of: gated always, served when ``active`` is set."""
+    """A gateway this node is a member of: gated always, served when ``active`` is set.
+
+    ``role`` is what this node would serve as (None: it cannot, e.g. no address on the
+    interface): its SNAT and leak-guard rules are kept ready on every member, so that a
+    take only links them in instead of writing one rule per policy."""
 
     name: str
     selections: tuple[Selection, ...]
     active: ActiveRole | None = None
+    role: ActiveRole | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,12 @@ class NodePlan:
 
 def collapse_cidrs(cidrs: Iterable[str]) -> tuple[str, ...]:
     """Merge overlapping/adjacent CIDRs so the nft interval set holds exactly these."""
+    return _collapsed(tuple(cidrs))
+
+
+@functools.lru_cache(maxsize=8192)
+def _collapsed(cidrs: tuple[str, ...]) -> tuple[str, ...]:
+    """Cached: every plan collapses every policy's CIDRs (~60 µs each with ipaddress)."""
     nets = ipaddress.collapse_addresses(ipaddress.IPv4Network(c, strict=False) for c in cidrs)
     return tuple(sorted(str(n) for n in nets))
 
@@ -168,14 +184,24 @@ def build_node_plan(node_name: str, gateways: Iterable[EgressGateway],
                     nodes: Iterable[Node], active: Mapping[str, str | None], *,
                     interfaces: Mapping[str, ipaddress.IPv4Interface] | None = None,
                     garp: GarpSettings = GarpSettings()) -> NodePlan:
-    """The plan for ``node_name`` given every resource and the active node per gateway.
+    """The plan for ``node_name`` given every resource and the active node per gateway
+    (``plan_node`` with a selection index built for this one call)."""
+    return plan_node(node_name, gateways, nodes, SelectionIndex.of(node_name, policies, vms),
+                     active, interfaces=interfaces, garp=garp)
+
+
+def plan_node(node_name: str, gateways: Iterable[EgressGateway], nodes: Iterable[Node],
+              selection: SelectionIndex, active: Mapping[str, str | None], *,
+              interfaces: Mapping[str, ipaddress.IPv4Interface] | None = None,
+              garp: GarpSettings = GarpSettings()) -> NodePlan:
+    """The plan for ``node_name``; policies and VMs come from ``selection`` (kept up to date
+    by the caller, so this costs the number of policies and gateways, not of VMs).
 
     ``active`` maps gateway name to the node that holds it (None or missing: nobody).
     """
     gws = {g.name: g for g in gateways}
     by_node = {n.name: n for n in nodes}
     me = by_node.get(node_name)
-    vm_list = list(vms)
     problems: list[str] = []
     if me is None:
         problems.append(f"node {node_name} is not registered; planning nothing")
@@ -184,29 +210,27 @@ def build_node_plan(node_name: str, gateways: Iterable[EgressGateway],
     # policy -> (gateway, all selected sources, local selected sources, collapsed cidrs)
     per_gateway: dict[str, list[tuple[str, frozenset[str], frozenset[str], tuple[str, ...]]]] = {}
     return_routes: dict[str, dict[str, str]] = {}
-    for pol in sorted(policies, key=lambda p: p.name):
+    for name in sorted(selection.policies):
+        pol = selection.policies[name]
         gw = gws.get(pol.egress_gateway_name)
         if gw is None:
             problems.append(f"policy {pol.name}: gateway {pol.egress_gateway_name} does not exist; "
                             "its VMs are not steered")
             continue
-        selected = [vm for vm in vm_list if pol.selects(vm)]
-        all_src = frozenset(ip for vm in selected for ip in vm.addresses)
-        local_src = frozenset(ip for vm in selected if vm.node_name == node_name
-                              for ip in vm.addresses)
+        share = selection.share(name)
         per_gateway.setdefault(gw.name, []).append(
-            (pol.name, all_src, local_src, collapse_cidrs(pol.destination_cidrs)))
+            (pol.name, share.sources, share.local, collapse_cidrs(pol.destination_cidrs)))
         routes = return_routes.setdefault(gw.name, {})
-        for vm in selected:
-            if vm.node_name == node_name:
-                continue
-            host = by_node.get(vm.node_name)
+        unroutable: set[str] = set()
+        for ip, host_name in share.remote:
+            host = by_node.get(host_name)
             if host is None or host.internal_ip is None:
-                problems.append(f"VM {vm.key_name}: node {vm.node_name or '?'} has no internal IP; "
-                                "replies to it cannot be routed back")
+                unroutable.add(host_name)
                 continue
-            for ip in vm.addresses:
-                routes[ip] = host.internal_ip
+            routes[ip] = host.internal_ip
+        for host_name in sorted(unroutable):
+            problems.append(f"policy {pol.name}: VMs on node {host_name or '?'}: that node has no "
+                            "internal IP; replies to them cannot be routed back")
 
     slots = gateway_slots(gws)
     gateway_plans: list[GatewayPlan] = []
@@ -217,15 +241,16 @@ def build_node_plan(node_name: str, gateways: Iterable[EgressGateway],
         holder = active.get(name)
         if gw.node_selector.matches(me.labels) or holder == node_name:
             role = None
-            if holder == node_name:
-                ifname, ip, why = egress_ip(gw, me, interfaces)
-                if ip is None or ifname is None:
-                    problems.append(f"gateway {name}: {why}; not serving it")
-                else:
-                    role = ActiveRole(gw.source_ip.mode, ifname, ip, gw.source_ip.mode == MODE_VIP,
-                                      tuple(sorted(return_routes.get(name, {}).items())), garp)
+            ifname, ip, why = egress_ip(gw, me, interfaces)
+            if ip is not None and ifname is not None:
+                role = ActiveRole(gw.source_ip.mode, ifname, ip, gw.source_ip.mode == MODE_VIP,
+                                  tuple(sorted(return_routes.get(name, {}).items())), garp,
+                                  gw.failover.timers.deadman_timeout)
+            elif holder == node_name:
+                problems.append(f"gateway {name}: {why}; not serving it")
             gateway_plans.append(GatewayPlan(
-                name, tuple(Selection(p, src, cidrs) for p, src, _, cidrs in shares), role))
+                name, tuple(Selection(p, src, cidrs) for p, src, _, cidrs in shares),
+                role if holder == node_name else None, role))
         local = tuple(Selection(p, loc, cidrs) for p, _, loc, cidrs in shares if loc)
         if local and holder != node_name:
             next_hop = None
@@ -239,6 +264,6 @@ def build_node_plan(node_name: str, gateways: Iterable[EgressGateway],
     if gateway_plans or steer_plans:
         in_cluster = frozenset(ip for n in by_node.values()
                                for ip in (n.internal_ip, *n.addresses.values()) if ip) \
-            | frozenset(ip for vm in vm_list for ip in vm.addresses)
+            | selection.addresses()
     return NodePlan(node_name, tuple(gateway_plans), tuple(steer_plans), tuple(problems),
                     in_cluster)

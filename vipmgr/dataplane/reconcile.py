@@ -24,7 +24,7 @@ does that periodically and after any error).
 
 Kernel dead-man switch: every gate and every ARP answer for a VIP depends on an
 element that expires by itself at the time the last refresh of that gateway
-gave it (at most ``deadman_timeout``). A frozen or killed agent refreshes
+gave it (at most the gateway's ``deadmanTimeout``). A frozen or killed agent refreshes
 nothing, so its node stops forwarding the gateway's traffic (the gate drops it
 before SNAT) and stops answering ARP for the VIP by itself. The refresh runs on
 its own thread as one hand-built netlink transaction (``nftarm``, ~50 µs), so a
@@ -34,6 +34,7 @@ reconcile in progress never delays it.
 from __future__ import annotations
 
 import concurrent.futures
+import enum
 import socket
 import threading
 import time
@@ -42,7 +43,6 @@ from typing import Callable, Mapping
 
 from pyroute2 import Conntrack, IPRoute
 
-from vipmgr.config.timers import Timers
 from vipmgr.dataplane import conntrack, garp, layout as L, nftstate
 from vipmgr.dataplane.kernel import KernelError, NetnsThread, Nft, NftMissing
 from vipmgr.dataplane.nftarm import ArmSocket, CounterReader
@@ -66,14 +66,22 @@ class Report:
 
     changes: list[str] = field(default_factory=list)
     armed: dict[str, int] = field(default_factory=dict)  # gateway -> ms its dead-man was set to
-    conntrack_deleted: dict[str, int] = field(default_factory=dict)
-    steer_flush: "concurrent.futures.Future[dict[str, int]] | None" = field(default=None,
-                                                                             repr=False)
+    conntrack_deleted: dict[conntrack.FlushKey, int] = field(default_factory=dict)
+    steer_flush: "concurrent.futures.Future[dict[conntrack.FlushKey, int]] | None" = \
+        field(default=None, repr=False)
     announcements: list["concurrent.futures.Future[garp.Announcement]"] = \
         field(default_factory=list, repr=False)
 
     def __bool__(self) -> bool:
         return bool(self.changes)
+
+    def __str__(self) -> str:
+        """One log line: the changes, then what was armed and flushed."""
+        parts = list(self.changes)
+        parts += [f"armed {gw} {ms} ms" for gw, ms in sorted(self.armed.items())]
+        parts += [f"conntrack {reason} {gw}: {n} deleted"
+                  for (gw, reason), n in sorted(self.conntrack_deleted.items()) if n]
+        return "; ".join(parts) or "no change"
 
     def wait_announcements(self, timeout: float = 5.0) -> list[garp.Announcement]:
         return [f.result(timeout) for f in self.announcements]
@@ -85,11 +93,15 @@ def desired_routes(plan: NodePlan) -> tuple[set[tuple[str, str]], dict[RouteKey,
              if g.active is not None and g.active.add_address}
     routes: dict[RouteKey, RouteVal] = {}
     rules: set[RuleKey] = set()
-    for gw in plan.active:
-        assert gw.active is not None
-        for vm_ip, via in gw.active.return_routes:
+    # Return routes are kept ready on every member that could serve (a VM's address via
+    # the node it runs on is right whichever gateway carries it); the rule that makes the
+    # table count is there only while the node serves: a take adds one rule, not a route
+    # per VM (2,000 routes took most of a take's time).
+    for gw in plan.gateways:
+        role = gw.active or gw.role
+        for vm_ip, via in (role.return_routes if role is not None else ()):
             routes[(L.RETURN_TABLE, f"{vm_ip}/32")] = ("unicast", via)
-    if routes:
+    if plan.active and any(gw.active.return_routes for gw in plan.active if gw.active):
         rules.add((L.RETURN_RULE_PRIORITY, L.RETURN_TABLE, 0, 0))
     for sp in plan.steering:
         table = L.steer_table(sp.slot)
@@ -97,6 +109,17 @@ def desired_routes(plan: NodePlan) -> tuple[set[tuple[str, str]], dict[RouteKey,
             else ("blackhole", None)
         rules.add((L.STEER_RULE_PRIORITY, table, L.mark(sp.slot), L.MARK_MASK))
     return addrs, routes, rules
+
+
+class Refresh(enum.Enum):
+    """What one dead-man refresh did; true only when it armed."""
+
+    ARMED = "armed"
+    LATE = "late"   # its deadline had passed before it ran (a loaded machine): not armed
+    GONE = "gone"   # the gateway is not served here (withdrawn, or our table was flushed)
+
+    def __bool__(self) -> bool:
+        return self is Refresh.ARMED
 
 
 class Dataplane:
@@ -110,7 +133,10 @@ class Dataplane:
     """
 
     def __init__(self, netns: str | None = None,
-                 deadman_timeout: float = Timers().deadman_timeout) -> None:
+                 deadman_timeout: float | None = None) -> None:
+        # None (the agent): each gateway's arms are capped at its own deadmanTimeout, as
+        # the plan carries it. A number overrides that cap for every gateway (tests and
+        # tools that arm by hand for longer than any election would).
         self.netns = netns
         self.deadman_timeout = deadman_timeout
         self._thread = NetnsThread(netns)
@@ -172,21 +198,24 @@ class Dataplane:
 
         ``arm`` maps gateways to seconds until their dead-man expires (the take): they are
         armed in the same nft transaction that installs them, for the time left when that
-        transaction is built (rounded down to ms, capped at ``deadman_timeout``; a gateway
-        whose time ran out, or that ``plan`` does not serve here, is not armed:
+        transaction is built (rounded down to ms, capped at the gateway's deadman timeout;
+        a gateway whose time ran out, or that ``plan`` does not serve here, is not armed:
         ``Report.armed`` says which were). The seconds count from this call, so call it
         on the thread that read the clock. ``arm=True`` arms every gateway the plan
-        serves for ``deadman_timeout``. ``verify`` re-reads the kernel first.
+        serves for its whole deadman timeout. ``verify`` re-reads the kernel first.
         A failure leaves the cache invalid, so the next call re-reads the kernel.
         """
+        caps = {gw.name: self._cap(gw.active.deadman_timeout) for gw in plan.active}
         if arm is True:
-            arm = {gw.name: self.deadman_timeout for gw in plan.active}
-        deadlines = self._deadlines(arm or {})
+            arm = caps
+        now = time.monotonic()
+        deadlines = {gw: now + min(secs, caps[gw]) for gw, secs in (arm or {}).items()
+                     if gw in caps}
         return self._thread.submit(self._reconcile_or_forget, plan, deadlines, verify)
 
-    def _deadlines(self, expires_in: Mapping[str, float]) -> dict[str, float]:
-        now = time.monotonic()
-        return {gw: now + min(secs, self.deadman_timeout) for gw, secs in expires_in.items()}
+    def _cap(self, gateway_deadman: float) -> float:
+        """The longest a gateway may stay armed without a refresh."""
+        return gateway_deadman if self.deadman_timeout is None else self.deadman_timeout
 
     def _reconcile_or_forget(self, plan: NodePlan, deadlines: dict[str, float],
                              verify: bool) -> Report:
@@ -210,7 +239,7 @@ class Dataplane:
         report = Report()
         want_nft = nftstate.desired(plan)
         want_addrs, want_routes, want_rules = desired_routes(plan)
-        flushes, steer_flushes = _conntrack_flushes(plan, have.nft)
+        flushes, steer_flushes = _conntrack_flushes(plan, have.nft, self._plan)
 
         ifindex = {}
         for ifname, ip in sorted(have.addresses - want_addrs):
@@ -293,35 +322,36 @@ class Dataplane:
         self._targets = targets
         return targets
 
-    def refresh(self, gateway: str, expires_in: float) -> bool:
+    def refresh(self, gateway: str, expires_in: float) -> "Refresh":
         """Re-arm ``gateway``'s dead-man and wait; see ``refresh_nowait``."""
         return self.refresh_nowait(gateway, expires_in).result()
 
-    def refresh_nowait(self, gateway: str, expires_in: float) -> "concurrent.futures.Future[bool]":
+    def refresh_nowait(self, gateway: str, expires_in: float
+                       ) -> "concurrent.futures.Future[Refresh]":
         """Re-arm ``gateway``'s dead-man to expire ``expires_in`` seconds from now (capped
-        at ``deadman_timeout``, rounded down to ms); returns at once (a few µs), the
+        at its deadman timeout, rounded down to ms); returns at once (a few µs), the
         transaction runs on the arming thread, never behind a reconcile.
 
-        The future says True when armed; False when not: the gateway is not served here
-        (no reconcile armed it, or one is withdrawing it: the kernel guard refused), or the
-        time had run out. It raises KernelError for any other failure. Call it every
+        The future's Refresh is ARMED (true); GONE when the gateway is not served here (no
+        reconcile armed it, or one is withdrawing it: the kernel guard refused); LATE when
+        the time had run out before it ran. It raises KernelError for any other failure. Call it every
         advert interval while, and only while, authority for ``gateway`` is confirmed.
         """
         target = self._targets.get(gateway)
         if target is None:
-            done: concurrent.futures.Future[bool] = concurrent.futures.Future()
-            done.set_result(False)
+            done: concurrent.futures.Future[Refresh] = concurrent.futures.Future()
+            done.set_result(Refresh.GONE)
             return done
-        deadline = time.monotonic() + min(expires_in, self.deadman_timeout)
+        deadline = time.monotonic() + min(expires_in, self._cap(target.max_seconds))
         return self._arming.submit(self._rearm, target, deadline)
 
-    def _rearm(self, target: nftstate.ArmTarget, deadline: float) -> bool:
+    def _rearm(self, target: nftstate.ArmTarget, deadline: float) -> "Refresh":
         if self._targets.get(target.gateway) is not target:
-            return False  # withdrawn (and maybe re-taken, with its own expiry) since the call
+            return Refresh.GONE  # withdrawn (and maybe re-taken, with its own expiry) since
         started = time.monotonic()
         ms = _ms_left(deadline)
         if ms <= 0:
-            return False
+            return Refresh.LATE
         try:
             self._arm_sock.refresh(target, ms)
             if time.monotonic() - started >= 0.001:
@@ -329,8 +359,8 @@ class Dataplane:
                 # behind another transaction: set it again so it still expires by the deadline
                 self._arm_sock.refresh(target, max(1, _ms_left(deadline)))
         except NftMissing:
-            return False  # a concurrent reconcile withdrew it (the guard element is gone)
-        return True
+            return Refresh.GONE  # the guard element is gone: withdrawn, or our table flushed
+        return Refresh.ARMED
 
     def announce(self, gateway: str | None = None
                  ) -> list["concurrent.futures.Future[garp.Announcement]"]:
@@ -426,9 +456,10 @@ class _SteerFlusher:
         self._thread = NetnsThread(netns, "vipmgr-dp-ct", nice=10)
         self._lock = threading.Lock()
         self._pending: list[conntrack.FlowFlush] = []
-        self._future: concurrent.futures.Future[dict[str, int]] | None = None
+        self._future: concurrent.futures.Future[dict[conntrack.FlushKey, int]] | None = None
 
-    def add(self, specs: list[conntrack.FlowFlush]) -> "concurrent.futures.Future[dict[str, int]]":
+    def add(self, specs: list[conntrack.FlowFlush]
+            ) -> "concurrent.futures.Future[dict[conntrack.FlushKey, int]]":
         """Queue ``specs``; the future of the dump that will serve them (shared by a burst)."""
         with self._lock:
             self._pending += specs
@@ -436,7 +467,7 @@ class _SteerFlusher:
                 self._future = self._thread.submit(self._run)
             return self._future
 
-    def _run(self) -> dict[str, int]:
+    def _run(self) -> dict[conntrack.FlushKey, int]:
         give_up = time.monotonic() + self.MAX_DEFER
         time.sleep(self.GATHER)
         while self._idle_for() < self.GATHER and time.monotonic() < give_up:
@@ -453,7 +484,7 @@ class _SteerFlusher:
         self._thread.close()
 
 
-def _conntrack_flushes(plan: NodePlan, ob: nftstate.ObservedNft
+def _conntrack_flushes(plan: NodePlan, ob: nftstate.ObservedNft, previous: NodePlan
                        ) -> tuple[list[conntrack.FlowFlush | conntrack.NatFlush],
                                   list[conntrack.FlowFlush]]:
     """Which flows a change of role makes stale: decided from the kernel's record of
@@ -465,14 +496,15 @@ def _conntrack_flushes(plan: NodePlan, ob: nftstate.ObservedNft
         name = L.gateway_egress(gw.name)
         want_egress[name] = gw.active.egress_ip
         if ob.elements.get(("inet", name)) != frozenset([gw.active.egress_ip]):
-            for sel in gw.selections:
-                out.append(conntrack.FlowFlush(f"take {gw.name} ({sel.policy})", sel.sources,
-                                               sel.cidrs))
+            out += conntrack.take_flushes(gw.name, gw.selections, gw.active.egress_ip,
+                                          gw.active.add_address)
+    # A set name is hashed for a long gateway name: name the gateway from the plans.
+    owners = {L.gateway_egress(gw.name): gw.name for gw in previous.gateways + plan.gateways}
     for (fam, name), elems in sorted(ob.elements.items()):
         if fam == "inet" and name.startswith("g-") and name.endswith("-egress"):
+            gateway = owners.get(name) or name.removeprefix("g-").removesuffix("-egress")
             for ip in sorted(elems - {want_egress.get(name)}):
-                out.append(conntrack.NatFlush(f"leave {name.removeprefix('g-').removesuffix('-egress')}"
-                                              f" ({ip})", ip))
+                out.append(conntrack.NatFlush(gateway, ip))
     steer: list[conntrack.FlowFlush] = []
     for sp in plan.steering:
         for sel in sp.selections:
@@ -481,7 +513,7 @@ def _conntrack_flushes(plan: NodePlan, ob: nftstate.ObservedNft
             new = sel.sources if had_dst != frozenset(sel.cidrs) else sel.sources - had_src
             if new:
                 # flows these VMs opened before being steered may carry this node's own NAT
-                steer.append(conntrack.FlowFlush(f"steer {sp.name} ({sel.policy})", new, sel.cidrs))
+                steer.append(conntrack.FlowFlush(sp.name, conntrack.STEER, new, sel.cidrs))
     return out, steer
 
 

@@ -66,6 +66,9 @@ class TrialResult:
     mac_flip_backs: int = 0
     served_by: list[str] = field(default_factory=list)  # delivering MACs (or nodes), in order
     arp_probes_answered: int = 0
+    tcp_flows: int = 0               # --tcp-flows: long-lived TCP connections across the fault
+    tcp_survived: int = 0
+    tcp_worst_stall_ms: float = 0.0  # over the surviving connections
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -156,4 +159,9 @@ def summarize(results: Sequence[TrialResult]) -> dict:
         "wrong_source": sum(r.wrong_source for r in results),
         "dual_answer": sum(r.dual_answer for r in results),
         "mac_flip_backs": sum(r.mac_flip_backs for r in results),
+        **({"tcp": {"flows": results[0].tcp_flows,
+                    "survived_min": min(r.tcp_survived for r in results),
+                    "survived_p50": percentile([r.tcp_survived for r in results], 50),
+                    "worst_stall_ms_max": max(r.tcp_worst_stall_ms for r in results)}}
+           if results and results[0].tcp_flows else {}),
     }

@@ -31,21 +31,28 @@ from pathlib import Path
 from typing import Callable
 
 from vipmgr.config.timers import Timers
+from vipmgr.lab import flows
 from vipmgr.lab.analysis import Sent, TrialResult, analyze, summarize
 from vipmgr.lab.echo import UdpRecord
+from vipmgr.lab.plot import Trace, svg
 from vipmgr.lab.probe import read_arp_log
 from vipmgr.lab.runtime import Lab, LabError, deploy, destroy
-from vipmgr.lab.topology import default_topology_path, load
+from vipmgr.lab.topology import Topology, default_topology_path, load
 
 VIP = "192.0.2.100"
 INTERNAL_VIP = "198.51.100.100"
 ECHO_IP, ECHO_PORT = "203.0.113.10", 7
 GATEWAYS = ("gw-a", "gw-b", "gw-c")
 WORKERS = ("worker-a", "worker-b")
+AGENT_NODES = GATEWAYS + WORKERS
+METRICS_PORT = 9750
 SENDER, SENDER_IP = "vm-backend", "198.18.2.2"
 ECHO_NODE = "internet"
 GATEWAY_NAME = "egress-gw"
 BENCH_FAULTS = ("crash", "freeze", "linkdown", "graceful")
+# rebalance: uncordon the trial's target, whose gateway moves back to it after the
+# placement hold-down (vipmgr.lab.placement)
+TRIAL_FAULTS = (*BENCH_FAULTS, "rebalance")
 ADVERT_INTERVAL = Timers().advert_interval  # vipmgr's default; keepalived gets the same
 MAX_STREAM = 5.0       # seconds of stream per trial, at most
 ARP_INTERVAL = 0.01
@@ -64,6 +71,46 @@ def vip_holders(lab: Lab, ip: str = VIP) -> list[str]:
     """Gateways with ``ip`` configured (the kernel's truth: they answer ARP for it)."""
     return [gw for gw in GATEWAYS
             if any(c.split("/")[0] == ip for cidrs in lab.addresses(gw).values() for c in cidrs)]
+
+
+def seed_network(name: str, topology: str | None = None) -> Topology:
+    """The seed topology under lab name ``name`` without its agents and without the manifest
+    hook: the network, etcd and the echo service, for callers that start agents their way."""
+    topo = load(topology or default_topology_path()).renamed(name)
+    return topo.with_cmds({n: None for n in AGENT_NODES if n in topo.nodes}).without_stage_exec()
+
+
+def agent_cmd(node: str) -> list[str]:
+    """The agent command line the seed topology gives its egress nodes and workers."""
+    return ["vipmgr", "agent", "--node", node, "--metrics-addr", f"0.0.0.0:{METRICS_PORT}"]
+
+
+def wait_ready(lab: Lab, timeout: float = READY_TIMEOUT) -> None:
+    """Until ``vipmgr status`` says every gateway is healthy and vm-backend egresses as the VIP;
+    LabError with the agents' log tails when an agent died or the time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = lab.exec("etcd", ["vipmgr", "status"], timeout=10)
+        if out.returncode == 0 and _curl_or_none(lab, SENDER) == VIP:
+            return
+        dead = [n for n in AGENT_NODES if lab.process_state(n) == "exited"]
+        if dead or time.monotonic() > deadline:
+            logs = "\n".join(f"--- {n}:\n{lab.log_tail(n, 10)}" for n in dead or GATEWAYS)
+            raise LabError(f"vipmgr status did not turn healthy (exit {out.returncode}): "
+                           f"{out.stdout.strip() or out.stderr.strip()}\n{logs}")
+        time.sleep(0.2)
+
+
+def runs_agents(lab: Lab) -> bool:
+    """Whether the lab's topology starts vipmgr agents as main processes."""
+    return any(st.cmd[:2] == ["vipmgr", "agent"] for st in lab.state.nodes.values())
+
+
+def _curl_or_none(lab: Lab, vm: str) -> str | None:
+    try:
+        return lab.curl(vm, timeout=0.5)
+    except LabError:
+        return None
 
 
 def agent_available() -> tuple[bool, str]:
@@ -176,26 +223,20 @@ class Vipmgr(Impl):
             raise LabError(f"'vipmgr agent' is not available in this installation ({why})")
 
     def start(self, lab: Lab, say: Say) -> None:
+        """Apply the seed manifests (unchanged if the topology's hook did) and start the agents
+        the topology did not start itself; wait until ``vipmgr status`` is healthy."""
         manifests = Path(lab.state.topology).parent / "manifests"
         files = [str(manifests / m) for m in self.MANIFESTS]
         say(f"vipmgr apply {' '.join(self.MANIFESTS)}")
         out = lab.exec("etcd", ["vipmgr", "apply", *(a for f in files for a in ("-f", f))])
         if out.returncode != 0:
             raise LabError(f"vipmgr apply failed: {(out.stderr or out.stdout).strip()}")
-        say(f"vipmgr agent on {', '.join(GATEWAYS + WORKERS)}")
-        for node in GATEWAYS + WORKERS:
-            lab.start(node, ["vipmgr", "agent", "--node", node])
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            out = lab.exec("etcd", ["vipmgr", "status"], timeout=10)
-            if out.returncode == 0:
-                return
-            dead = [n for n in GATEWAYS + WORKERS if lab.process_state(n) == "exited"]
-            if dead or time.monotonic() > deadline:
-                logs = "\n".join(f"--- {n}:\n{lab.log_tail(n, 10)}" for n in dead or GATEWAYS)
-                raise LabError(f"vipmgr status did not turn healthy (exit {out.returncode}): "
-                               f"{out.stdout.strip() or out.stderr.strip()}\n{logs}")
-            time.sleep(0.2)
+        idle = [n for n in AGENT_NODES if lab.process_state(n) not in ("running", "frozen")]
+        if idle:
+            say(f"vipmgr agent on {', '.join(idle)}")
+        for node in idle:
+            lab.start(node, agent_cmd(node))
+        wait_ready(lab)
 
     @staticmethod
     def status(lab: Lab, gateway: str = GATEWAY_NAME) -> dict:
@@ -243,6 +284,7 @@ class FailoverBench:
     duration: float = 3.0     # seconds of stream per trial
     fault_after: float = 1.0  # seconds into the stream
     say: Say = _quiet
+    tcp_flows: int = 0        # long-lived TCP connections (vipmgr.lab.flows) across each fault
 
     def __post_init__(self) -> None:
         if not 0 < self.fault_after < self.duration <= MAX_STREAM:
@@ -251,6 +293,11 @@ class FailoverBench:
         self.udp, self.l2 = _LogTail(wd / "echo-udp.log"), _LogTail(wd / "echo-l2.log")
         self.next_seq = 0
         self.macs = self._macs()
+        self.traces: list[Trace] = []  # one per trial, for --plot
+        if self.tcp_flows:  # the flows' echo server; it lives as long as the lab
+            subprocess.Popen(self.lab.netns(ECHO_NODE).argv(flows.serve_command()),
+                             env=self.lab.env(ECHO_NODE), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
 
     def _macs(self) -> dict[str, str]:
         """MAC -> node for every interface that can deliver to the router (gw/worker eth1)."""
@@ -294,16 +341,22 @@ class FailoverBench:
             time.sleep(0.1)
 
     def inject(self, node: str, fault: str) -> None:
-        """graceful: SIGTERM (both implementations release the VIP on it); else lab.fault."""
+        """graceful: SIGTERM (both implementations release the VIP on it); rebalance:
+        ``vipmgr uncordon``; else lab.fault."""
         if fault == "graceful":
             self.lab.stop(node)
+        elif fault == "rebalance":
+            out = self.lab.exec("etcd", ["vipmgr", "uncordon", node], timeout=10)
+            if out.returncode != 0:
+                raise LabError(f"vipmgr uncordon {node}: {(out.stderr or out.stdout).strip()}")
         else:
             self.lab.fault(node, fault)
 
-    def trial(self, index: int, fault: str) -> TrialResult:
-        """One stream with one fault on the active node; the fault is left in place."""
-        if fault not in BENCH_FAULTS:
-            raise LabError(f"unknown fault {fault!r} (one of {', '.join(BENCH_FAULTS)})")
+    def trial(self, index: int, fault: str, target: str | None = None) -> TrialResult:
+        """One stream with one fault on ``target`` (default: the active node); the fault
+        is left in place."""
+        if fault not in TRIAL_FAULTS:
+            raise LabError(f"unknown fault {fault!r} (one of {', '.join(TRIAL_FAULTS)})")
         active = self.wait_stable()
         self.udp.read()
         self.l2.read()
@@ -312,6 +365,11 @@ class FailoverBench:
                                       "--interval", str(ARP_INTERVAL),
                                       "--duration", str(self.duration + 0.3),
                                       "--log", str(arp_log)])
+        client = None
+        if self.tcp_flows:  # connected and exchanging for a second before the stream starts
+            client = self._popen(SENDER, flows.run_command(ECHO_IP, self.tcp_flows,
+                                                           self.duration + 2.0))
+            time.sleep(1.0)
         stream, first = self._stream(int(self.rate * self.duration), self.rate)
         try:
             started = stream.stdout.readline().split()
@@ -319,47 +377,74 @@ class FailoverBench:
                 raise LabError(f"stream sender failed: {stream.stderr.read().strip()}")
             time.sleep(max(0.0, float(started[1]) + self.fault_after - time.monotonic()))
             fault_at = time.monotonic()
-            self.inject(active, fault)
+            self.inject(target or active, fault)
             report = json.loads(stream.communicate(timeout=self.duration + 10)[0])
             arp.communicate(timeout=self.duration + 10)
+            tcp = (flows.parse_report(client.communicate(timeout=self.duration + 30)[0])
+                   if client is not None else None)
         finally:
-            for proc in (stream, arp):
+            for proc in (stream, arp, *([client] if client is not None else [])):
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
         time.sleep(0.1)  # the last datagrams reach the echo log
-        result = analyze(index, fault, fault_at,
-                         Sent(first, report["count"], report["start"], report["end"]), VIP,
-                         self.udp.read(), self.l2.read(),
-                         read_arp_log(arp_log) if arp_log.exists() else [],
+        sent = Sent(first, report["count"], report["start"], report["end"])
+        udp, l2 = self.udp.read(), self.l2.read()
+        arp_answers = read_arp_log(arp_log) if arp_log.exists() else []
+        result = analyze(index, fault, fault_at, sent, VIP, udp, l2, arp_answers,
                          active, self.impl.active(self.lab), self.macs)
-        self.say(f"trial {index + 1}: {fault} {active} -> {result.active_after or '?'}: "
+        if tcp is not None:
+            result.tcp_flows, result.tcp_survived = tcp.flows, tcp.survived
+            result.tcp_worst_stall_ms = tcp.worst_stall_ms
+        self.traces.append(Trace(
+            f"{self.impl.name}, {fault} of {target or active}, trial {index + 1}: outage "
+            f"{result.outage_ms:.0f} ms, lost {result.lost}, wrong source {result.wrong_source}, "
+            f"dual ARP answers {result.dual_answer}",
+            sent.start, sent.end, fault_at, [*GATEWAYS, *WORKERS],
+            [(r.arrival, self.macs.get(r.mac, r.mac), r.source == VIP)
+             for r in l2 if r.seq in sent],
+            [(a.arrival, self.macs.get(a.mac, a.mac)) for a in arp_answers]))
+        self.say(f"trial {index + 1}: {fault} {target or active}: {active} -> "
+                 f"{result.active_after or '?'}: "
                  f"outage {result.outage_ms:.0f} ms{'' if result.recovered else ' (NOT RECOVERED)'}"
                  f", lost {result.lost}, wrong source {result.wrong_source}, "
-                 f"dual answers {result.dual_answer}")
+                 f"dual answers {result.dual_answer}"
+                 + (f", tcp flows survived {tcp.survived}/{tcp.flows}, worst stall "
+                    f"{tcp.worst_stall_ms:.0f} ms" + (f" (lost: {tcp.errors})" if tcp.lost else "")
+                    if tcp is not None else ""))
         return result
 
 
 def run_failover(impl_name: str, fault: str, trials: int, *, rate: float = 1000.0,
                  duration: float = 3.0, name: str | None = None, topology: str | None = None,
-                 keep: bool = False, say: Say = _quiet) -> dict:
-    """Deploy a lab, run ``trials`` trials of ``fault`` against ``impl_name``, tear down; the report."""
+                 keep: bool = False, say: Say = _quiet, plot: str | None = None,
+                 tcp_flows: int = 0) -> dict:
+    """Deploy a lab, run ``trials`` trials of ``fault`` against ``impl_name``, tear down; the report.
+
+    ``plot``: write the trial with the median outage as an SVG there (:mod:`vipmgr.lab.plot`)."""
     impl = IMPLS[impl_name]()
     if trials < 1:
         raise LabError("need at least one trial")
     impl.preflight()
-    topo = load(topology or default_topology_path()).renamed(name or f"bench-{impl_name}")
+    lab_name = name or f"bench-{impl_name}"
+    topo = (load(topology or default_topology_path()).renamed(lab_name) if impl_name == "vipmgr"
+            else seed_network(lab_name, topology))  # the topology's own agents would compete
     say(f"lab {topo.name} up")
     lab = deploy(topo)
     try:
         impl.start(lab, say)
-        bench = FailoverBench(lab, impl, rate, duration, say=say)
+        bench = FailoverBench(lab, impl, rate, duration, say=say, tcp_flows=tcp_flows)
         results = []
         for i in range(trials):
             result = bench.trial(i, fault)
             results.append(result)
             lab.fault(result.active_before, "heal")
         bench.wait_stable()
+        if plot:
+            median = sorted(range(len(results)), key=lambda i: results[i].outage_ms)[
+                (len(results) - 1) // 2]
+            Path(plot).write_text(svg(bench.traces[median]))
+            say(f"plot of trial {median + 1} (median outage) written to {plot}")
     finally:
         if keep:
             say(f"lab {lab.name} left up: vipmgr lab down --name {lab.name}")

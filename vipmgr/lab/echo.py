@@ -185,7 +185,7 @@ def get(url: str, timeout: float = 2.0) -> str:
     parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
     conn = http.client.HTTPConnection(parts.hostname, parts.port or HTTP_PORT, timeout=timeout)
     try:
-        conn.request("GET", parts.path or "/")
+        conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
         resp = conn.getresponse()
         body = resp.read().decode(errors="replace")
     finally:

@@ -106,7 +106,7 @@ def arp_probe(iface: str, target: str, interval: float, duration: float, log_pat
     duration = min(duration, MAX_SECONDS)
     start = time.monotonic()
     probes = 0
-    with open(log_path, "a", buffering=1) as log:
+    with open(log_path, "w", buffering=1) as log:  # one run, one log: a reused name starts clean
         while (now := time.monotonic()) - start < duration:
             if now >= start + probes * interval:
                 sock.send(request)

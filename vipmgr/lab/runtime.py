@@ -9,7 +9,9 @@ so a lab outlives the ``vipmgr lab up`` process that made it.
 
 Deploy order: namespaces (a ``bridge`` node is a namespace holding Linux
 bridge ``br0``) → sysctls → links → ``exec`` lines → main processes (``cmd``)
-in wait-for order → healthchecks. Addresses appear before ``cmd`` starts here;
+in wait-for order → healthchecks, each node's ``stages.healthy.exec`` hooks
+run once right after its healthcheck first passes (the seed topology applies
+its manifests that way, before the agents, which wait for etcd healthy, start). Addresses appear before ``cmd`` starts here;
 under containerlab they may appear after, so services should bind wildcards.
 """
 
@@ -26,8 +28,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
-from urllib.parse import urlsplit
 
+from vipmgr.lab.etcd import endpoint_addresses
 from vipmgr.lab.netns import Netns, NetnsLab, delete_namespace, list_namespaces
 from vipmgr.lab.topology import Topology
 
@@ -173,10 +175,11 @@ class Lab:
     # --- commands and processes ---------------------------------------------------
 
     def exec(self, node: str, argv: Sequence[str], *, check: bool = False,
-             timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` to completion in the node's namespace, environment and workdir."""
+             timeout: float = 30.0, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` to completion in the node's namespace and environment, in ``cwd``
+        (default: the node's workdir)."""
         return self.netns(node).run(argv, check=check, timeout=timeout, env=self.env(node),
-                                    cwd=str(self.workdir(node)))
+                                    cwd=cwd or str(self.workdir(node)))
 
     def process_state(self, node: str) -> str:
         """``none`` (no main process), ``running``, ``frozen`` or ``exited``."""
@@ -277,7 +280,8 @@ class Lab:
         crash: SIGKILL the main process; freeze: SIGSTOP it; linkdown: the far
         end of ``iface``'s link goes down, so the node loses carrier but keeps
         its addresses and routes (a pulled cable); heartbeat-partition: drop IP protocol 112 in and out;
-        etcd-partition: drop traffic to and from the etcd address. Packet drops
+        etcd-partition: drop traffic to and from every etcd member's client port (the node
+        stays reachable from the etcd host otherwise: the lab's Prometheus runs there). Packet drops
         are one nft table inside the node's namespace, so heal removes them whole.
         """
         st = self.node(node)
@@ -298,11 +302,12 @@ class Lab:
             kind = f"linkdown:{iface}"
         elif kind == "heartbeat-partition":
             self._drop(node, [f"ip protocol {VRRP_PROTO} drop"], [f"ip protocol {VRRP_PROTO} drop"])
-        elif kind == "etcd-partition":
-            host = urlsplit(self.state.etcd_url or "").hostname
-            if not host:
+        elif kind == "etcd-partition":  # from every etcd member's client port, nothing else
+            members = endpoint_addresses(self.state.etcd_url or "")
+            if not members:
                 raise LabError(f"lab {self.name!r} has no etcd URL (VIPMGR_ETCD in the topology)")
-            self._drop(node, [f"ip saddr {host} drop"], [f"ip daddr {host} drop"])
+            self._drop(node, [f"ip saddr {h} tcp sport {p} drop" for h, p in members],
+                       [f"ip daddr {h} tcp dport {p} drop" for h, p in members])
         else:
             raise LabError(f"unknown fault {kind!r} (one of {', '.join(FAULTS)})")
         if kind not in st.faults:
@@ -422,6 +427,22 @@ def deploy(topology: Topology, *, root: Path | None = None, timeout: float = UP_
                for n in topology.nodes.values()},
         links=[[l.a.node, l.a.iface, l.b.node, l.b.iface] for l in topology.links]), root)
     lab.save()
+    healthy: set[str] = set()
+
+    def become_healthy(name: str) -> None:
+        """Wait for the node's healthcheck, then run its healthy-stage hooks (once)."""
+        if name in healthy:
+            return
+        lab.wait_healthy(name, deadline)
+        for hook in topology.nodes[name].stage_exec:
+            say(f"{name}: {' '.join(hook.argv)}")
+            out = lab.exec(name, hook.argv, cwd=str(Path(topology.path).parent or "."),
+                           timeout=max(1.0, deadline - time.monotonic()))
+            if out.returncode != 0:
+                raise LabError(f"{name}: stage {hook.stage} exec {' '.join(hook.argv)!r} failed "
+                               f"(exit {out.returncode}): {(out.stderr or out.stdout).strip()}")
+        healthy.add(name)
+
     try:
         _build(lab, topology, say)
         say("starting processes")
@@ -429,12 +450,12 @@ def deploy(topology: Topology, *, root: Path | None = None, timeout: float = UP_
             node = topology.nodes[name]
             for dep in node.wait_for:
                 if dep.stage == "healthy":
-                    lab.wait_healthy(dep.node, deadline)
+                    become_healthy(dep.node)
             if node.cmd:
                 lab.start(name)
         say("waiting for healthchecks")
         for name in topology.nodes:
-            lab.wait_healthy(name, deadline)
+            become_healthy(name)
     except BaseException:
         destroy(topology.name, root)
         raise

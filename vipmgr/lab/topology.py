@@ -4,7 +4,11 @@ The same file deploys with ``containerlab deploy -t`` where Docker exists and
 with ``vipmgr lab up -t`` on bare network namespaces where it does not. This
 module reads the part of containerlab's format the namespace runtime honours:
 kinds ``linux`` and ``bridge``; per node ``cmd``, ``exec``, ``env``,
-``labels``, ``sysctls``, ``healthcheck.test`` and ``stages.*.wait-for``;
+``labels``, ``sysctls``, ``healthcheck.test``, ``stages.*.wait-for`` and
+``stages.healthy.exec`` (containerlab 0.59's per-stage exec hooks; the namespace
+runtime runs ``target: container``, ``phase: on-enter`` hooks in the node's
+namespace, with the topology file's directory as working directory, once the
+node's healthcheck first passes);
 ``topology.defaults``, ``kinds`` and ``groups`` merged in containerlab's order
 (defaults < kinds < groups < node; ``env``, ``labels`` and ``sysctls`` merge
 key by key); links in the brief ``endpoints: ["node:if", "node:if"]`` form.
@@ -41,6 +45,14 @@ class WaitFor:
 
 
 @dataclass(frozen=True)
+class StageExec:
+    """A command run in the node when it enters ``stage`` (``healthy`` here)."""
+
+    stage: str
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Node:
     """One node after defaults/kinds/groups are merged in."""
 
@@ -53,6 +65,7 @@ class Node:
     sysctls: Mapping[str, str] = field(default_factory=dict)
     healthcheck: tuple[str, ...] = ()
     wait_for: tuple[WaitFor, ...] = ()
+    stage_exec: tuple[StageExec, ...] = ()
 
     @property
     def is_bridge(self) -> bool:
@@ -89,6 +102,10 @@ class Topology:
                 raise TopologyError(f"no node {name!r} in topology {self.name!r}")
             nodes[name] = replace(nodes[name], cmd=tuple(shlex.split(cmd)) if cmd else ())
         return replace(self, nodes=nodes)
+
+    def without_stage_exec(self) -> "Topology":
+        """A copy with no stage exec hooks: the network and its processes, no seed manifests."""
+        return replace(self, nodes={n: replace(node, stage_exec=()) for n, node in self.nodes.items()})
 
     def renamed(self, name: str) -> "Topology":
         """The same topology deployed under another lab name (containerlab's ``--name``)."""
@@ -187,6 +204,33 @@ def _wait_for(stages: Any, where: str) -> tuple[WaitFor, ...]:
     return tuple(out)
 
 
+HOOK_STAGES = ("healthy",)
+
+
+def _stage_exec(stages: Any, where: str) -> tuple[StageExec, ...]:
+    """``stages.<stage>.exec``: strings or {command, target, phase} (containerlab >= 0.59)."""
+    if not isinstance(stages, Mapping):
+        return ()
+    out = []
+    for stage_name, stage in stages.items():
+        hooks = (stage or {}).get("exec") if isinstance(stage, Mapping) else None
+        if isinstance(hooks, Mapping):  # the 0.51 form: {on-enter: [command, ...]}
+            hooks = [{"command": c, "phase": phase} for phase, cmds in hooks.items()
+                     for c in cmds or ()]
+        for i, hook in enumerate(hooks or ()):
+            at = f"{where}.{stage_name}.exec[{i}]"
+            command = hook.get("command") if isinstance(hook, Mapping) else hook
+            target = hook.get("target", "container") if isinstance(hook, Mapping) else "container"
+            phase = hook.get("phase", "on-enter") if isinstance(hook, Mapping) else "on-enter"
+            if stage_name not in HOOK_STAGES or target != "container" or phase != "on-enter":
+                raise TopologyError(f"{at}: the namespace runtime runs only stage "
+                                    f"{'/'.join(HOOK_STAGES)} hooks with target: container and "
+                                    f"phase: on-enter (got stage {stage_name}, target {target}, "
+                                    f"phase {phase})")
+            out.append(StageExec(stage_name, _words(command, f"{at}.command")))
+    return tuple(out)
+
+
 def _node(name: str, raw: Mapping[str, Any], topo: Mapping[str, Any]) -> Node:
     where = f"topology.nodes.{name}"
     layers: list[Mapping[str, Any]] = [topo.get("defaults") or {}]
@@ -215,9 +259,13 @@ def _node(name: str, raw: Mapping[str, Any], topo: Mapping[str, Any]) -> Node:
         sysctls=_str_map(merged.get("sysctls"), f"{where}.sysctls"),
         healthcheck=_healthcheck(merged.get("healthcheck"), f"{where}.healthcheck"),
         wait_for=_wait_for(merged.get("stages"), f"{where}.stages"),
+        stage_exec=_stage_exec(merged.get("stages"), f"{where}.stages"),
     )
-    if node.is_bridge and (node.cmd or node.exec or node.healthcheck):
-        raise TopologyError(f"{where}: a bridge has no cmd, exec or healthcheck")
+    if node.is_bridge and (node.cmd or node.exec or node.healthcheck or node.stage_exec):
+        raise TopologyError(f"{where}: a bridge has no cmd, exec, healthcheck or stage exec")
+    if node.stage_exec and not node.healthcheck:
+        raise TopologyError(f"{where}.stages.healthy.exec: the node has no healthcheck, so it "
+                            "never becomes healthy; add healthcheck.test")
     return node
 
 

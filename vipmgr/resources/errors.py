@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+CLIP_TOKEN = 60  # characters of an over-long value that a message keeps
+CLIP_MESSAGE = 600
+_LONG_TOKEN = re.compile(r"\S{%d,}" % (CLIP_TOKEN + 20))
+
+
+def clip(text: str) -> str:
+    """``text`` with every over-long value cut to its start plus its size, so a 5 MB label
+    is echoed as ``'xxxx…' … (5,000,000 bytes)`` rather than in full."""
+    def cut(match: re.Match) -> str:
+        token = match.group(0)
+        return f"{token[:CLIP_TOKEN]}… ({len(token.encode()):,} bytes)"
+
+    text = _LONG_TOKEN.sub(cut, text)
+    if len(text) > CLIP_MESSAGE:
+        text = f"{text[:CLIP_MESSAGE - 60]}… ({len(text.encode()):,} bytes)"
+    return text
 
 
 @dataclass(frozen=True)
@@ -10,6 +28,10 @@ class Problem:
     path: str
     message: str
     source: str = ""  # "file.yaml:12" when known
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", clip(self.path))
+        object.__setattr__(self, "message", clip(self.message))
 
     def __str__(self) -> str:
         where = f"{self.source}: " if self.source else ""

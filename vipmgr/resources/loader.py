@@ -8,12 +8,14 @@ mapped back to the line of the field they name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
 from vipmgr.resources.errors import Problem, Problems, ValidationError
-from vipmgr.resources.models import Resource, cross_object_problems, parse_manifest
+from vipmgr.resources.crosscheck import check_objects
+from vipmgr.resources.models import Resource, parse_manifest
+from vipmgr.resources.textinput import BoundedLoader, iter_documents
 
 
 @dataclass
@@ -56,32 +58,46 @@ def _walk(node: yaml.Node, path: str, lines: dict[str, int], problems: Problems,
 
 
 def load_documents(text: str, source: str) -> list[LoadedDoc]:
-    """All non-empty documents of ``text``; raises ValidationError on syntax problems."""
+    """All non-empty documents of ``text``; raises ValidationError on syntax problems
+    and on input beyond the limits of :mod:`vipmgr.resources.textinput`."""
     problems = Problems()
     docs: list[LoadedDoc] = []
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
-        index = 0
-        while loader.check_node():
-            node = loader.get_node()
-            index += 1
+        loader = BoundedLoader(text)
+        for index, node in enumerate(iter_documents(loader), 1):
             if node is None:
                 continue
             lines: dict[str, int] = {}
             _walk(node, "", lines, problems, source)
             docs.append(LoadedDoc(source, index, loader.construct_document(node), lines))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        raise ValidationError([Problem("<yaml>", f"{exc.problem or exc.context}", where)]) from None
+    except yaml.YAMLError as exc:
+        raise ValidationError([yaml_problem(exc, source)]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     problems.raise_if_any()
     return docs
 
 
-def parse_documents(docs: Iterable[LoadedDoc]) -> list[tuple[LoadedDoc, Resource]]:
-    """Validate every document and the set as a whole; all problems or all objects."""
+def yaml_problem(exc: yaml.YAMLError, source: str) -> Problem:
+    """A YAML error as file:line:column plus what is wrong."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        what = exc.problem or exc.context
+    else:  # ReaderError: a character YAML does not allow, e.g. a control character
+        mark, what = None, str(exc).splitlines()[0]
+        if isinstance(exc, yaml.reader.ReaderError) and isinstance(exc.character, int):
+            what = (f"character 0x{exc.character:02x} at offset {exc.position:,} is not "
+                    "allowed in YAML")
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+    return Problem("<yaml>", str(what), where)
+
+
+def parse_documents(docs: Iterable[LoadedDoc], *,
+                    across: bool = True) -> list[tuple[LoadedDoc, Resource]]:
+    """Validate every document and (``across``) the set as a whole; all problems or all
+    objects. ``delete -f`` passes across=False: deleting a conflict must stay possible."""
     problems = Problems()
     parsed: list[tuple[LoadedDoc, Resource]] = []
     seen: dict[tuple[str, str], LoadedDoc] = {}
@@ -100,9 +116,14 @@ def parse_documents(docs: Iterable[LoadedDoc]) -> list[tuple[LoadedDoc, Resource
             continue
         seen[ident] = doc
         parsed.append((doc, obj))
-    origin = {id(obj): doc for doc, obj in parsed}
-    for p in cross_object_problems([o for _, o in parsed],
-                                   lambda o: origin[id(o)].where("spec")).items:
-        problems.add(p.path, p.message, p.source)
+    if across and not problems:
+        where = where_in(parsed)
+        problems.items += check_objects([o for _, o in parsed], where=where).errors
     problems.raise_if_any()
     return parsed
+
+
+def where_in(parsed: Iterable[tuple[LoadedDoc, Resource]]) -> Callable[[Resource, str], str]:
+    """``where(obj, path)`` for objects read from files: the file and line of the field."""
+    origin = {id(obj): doc for doc, obj in parsed}
+    return lambda obj, path: origin[id(obj)].where(path)

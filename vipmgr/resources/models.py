@@ -76,6 +76,24 @@ def _checked_list(raw: Any, path: str, check: Callable[[object], str | None],
     return out
 
 
+def _per_interface(raw: Any, path: str, check: Callable[[object], str | None], what: str,
+                   problems: Problems) -> dict[str, str]:
+    """An optional {interface: value} mapping whose values pass ``check``."""
+    if not raw:
+        return {}
+    if not isinstance(raw, Mapping):
+        problems.add(path, f"must map interface names to {what}")
+        return {}
+    out: dict[str, str] = {}
+    for ifname, value in raw.items():
+        why = ifname_problem(ifname) or check(value)
+        if why:
+            problems.add(f"{path}.{ifname}", why)
+        else:
+            out[ifname] = value
+    return out
+
+
 @dataclass(frozen=True)
 class ObjectMeta:
     name: str
@@ -144,9 +162,11 @@ class Failover:
     vrid: int | None = None
     priorities: Mapping[str, int] = field(default_factory=dict)
     timers: Timers = field(default_factory=Timers)
+    rebalance: bool = True   # back to the placement's first choice (docs/placement.md)
 
 
-FAILOVER_FIELDS = ("onEtcdLoss", "preempt", "preemptDelay", "vrid", "priorities", "timers")
+FAILOVER_FIELDS = ("onEtcdLoss", "preempt", "preemptDelay", "vrid", "priorities", "timers",
+                   "rebalance")
 
 
 def _parse_failover(data: Any, path: str, problems: Problems) -> Failover:
@@ -162,6 +182,11 @@ def _parse_failover(data: Any, path: str, problems: Problems) -> Failover:
     if not isinstance(preempt, bool):
         problems.add(f"{path}.preempt", "must be true or false")
         preempt = False
+    rebalance = data.get("rebalance", True)
+    if not isinstance(rebalance, bool):
+        problems.add(f"{path}.rebalance", "must be true (default: move back to the placement's "
+                     "first choice) or false (stay where it is)")
+        rebalance = True
     delay = 0.0
     if "preemptDelay" in data:
         try:
@@ -196,9 +221,9 @@ def _parse_failover(data: Any, path: str, problems: Problems) -> Failover:
             for p, msg in exc.problems:
                 problems.add(p, msg)
         else:
-            for p, msg in timers.problems():
+            for p, msg in timers.problems(f"{path}.timers", written=list(data["timers"])):
                 problems.add(p, msg)
-    return Failover(on_loss, preempt, delay, vrid, priorities, timers)
+    return Failover(on_loss, preempt, delay, vrid, priorities, timers, rebalance)
 
 
 def _parse_source_ip(data: Any, path: str, problems: Problems) -> SourceIP:
@@ -330,7 +355,12 @@ class EgressGatewayPolicy(Resource):
 
 @dataclass(frozen=True)
 class Node(Resource):
-    """An egress or worker node: labels, addresses, and the cordon flag."""
+    """An egress or worker node: labels, addresses, and the cordon flag.
+
+    ``subnets`` (interface -> the network of its address) and ``routers`` (the next
+    hops the node routes through, e.g. its default gateway) are optional facts about
+    the node's network; apply checks virtual IPs against them (docs/store.md).
+    """
 
     KIND: ClassVar[str] = "Node"
     API_VERSION: ClassVar[str] = VIPMGR_API
@@ -338,10 +368,13 @@ class Node(Resource):
     unschedulable: bool = False
     internal_ip: str | None = None
     addresses: Mapping[str, str] = field(default_factory=dict)  # interface -> IPv4
+    subnets: Mapping[str, str] = field(default_factory=dict)  # interface -> IPv4 CIDR
+    routers: tuple[str, ...] = ()
 
     @classmethod
     def parse_spec(cls, meta, spec, manifest, problems):
-        _unknown_fields(spec, ("unschedulable", "internalIP", "addresses"), "spec", problems)
+        _unknown_fields(spec, ("unschedulable", "internalIP", "addresses", "subnets", "routers"),
+                        "spec", problems)
         unsched = spec.get("unschedulable", False)
         if not isinstance(unsched, bool):
             problems.add("spec.unschedulable", "must be true or false (vipmgr cordon sets it)")
@@ -352,19 +385,17 @@ class Node(Resource):
             if why:
                 problems.add("spec.internalIP", why)
                 internal = None
-        addresses: dict[str, str] = {}
-        raw = spec.get("addresses") or {}
-        if not isinstance(raw, Mapping):
-            problems.add("spec.addresses", "must map interface names to IPv4 addresses, "
-                         "e.g. {eth1: 192.0.2.11}")
-            raw = {}
-        for ifname, addr in raw.items():
-            why = ifname_problem(ifname) or unicast_ipv4_problem(addr)
-            if why:
-                problems.add(f"spec.addresses.{ifname}", why)
-            else:
-                addresses[ifname] = addr
-        return cls(meta, manifest, unsched, internal, addresses)
+        addresses = _per_interface(spec.get("addresses"), "spec.addresses", unicast_ipv4_problem,
+                                   "IPv4 addresses, e.g. {eth1: 192.0.2.11}", problems)
+        subnets = _per_interface(spec.get("subnets"), "spec.subnets", ipv4_cidr_problem,
+                                 "the network of their address, e.g. {eth1: 192.0.2.0/24}",
+                                 problems)
+        routers: list[str] = []
+        if spec.get("routers") not in (None, []):
+            routers = _checked_list(spec["routers"], "spec.routers", unicast_ipv4_problem,
+                                    problems, "must be a list of the node's next hops, "
+                                    "e.g. [192.0.2.1]")
+        return cls(meta, manifest, unsched, internal, addresses, subnets, tuple(routers))
 
 
 @dataclass(frozen=True)
@@ -480,7 +511,8 @@ def _normalized_manifest(doc: Mapping[str, Any], cls: type[Resource],
                          namespace: str | None) -> dict[str, Any]:
     """The manifest as stored: resourceVersion stripped, namespace made explicit."""
     manifest = copy.deepcopy(dict(doc))
-    meta = dict(manifest.get("metadata") or {})
+    raw_meta = manifest.get("metadata")
+    meta = dict(raw_meta) if isinstance(raw_meta, Mapping) else {}
     meta.pop("resourceVersion", None)
     if cls.NAMESPACED:
         meta["namespace"] = namespace
@@ -489,40 +521,3 @@ def _normalized_manifest(doc: Mapping[str, Any], cls: type[Resource],
     manifest["metadata"] = meta
     manifest.setdefault("spec", {})
     return manifest
-
-
-# --- checks across objects ---------------------------------------------------------
-
-
-def cross_object_problems(objects: list[Resource],
-                          label: Callable[[Resource], str] = lambda o: "") -> Problems:
-    """Conflicts between gateways: the same VIP twice, or the same VRID on one interface."""
-    problems = Problems()
-    gateways = [o for o in objects if isinstance(o, EgressGateway)]
-    vip_owner: dict[str, EgressGateway] = {}
-    for gw in gateways:
-        vip = gw.source_ip.virtual_ip
-        if vip is None:
-            continue
-        if vip in vip_owner and vip_owner[vip].name != gw.name:
-            problems.add("spec.sourceIP.virtualIPAddress.ip",
-                         f"{vip} is already the virtual IP of gateway {vip_owner[vip].name!r}; "
-                         "each gateway needs its own", label(gw))
-        vip_owner.setdefault(vip, gw)
-    by_vrid: dict[int, list[EgressGateway]] = {}
-    for gw in gateways:
-        by_vrid.setdefault(gw.vrid, []).append(gw)
-    for vrid, group in by_vrid.items():
-        for i, a in enumerate(group):
-            for b in group[:i]:
-                if _may_share_interface(a, b):
-                    problems.add("spec.failover.vrid",
-                                 f"VRID {vrid} is also used by gateway {b.name!r} on the same "
-                                 "interface; set spec.failover.vrid to a free value (1-255)",
-                                 label(a))
-    return problems
-
-
-def _may_share_interface(a: EgressGateway, b: EgressGateway) -> bool:
-    ia, ib = a.source_ip.interface_name, b.source_ip.interface_name
-    return ia is None or ib is None or ia == ib

@@ -31,6 +31,11 @@ class Summary:
     jitter_link_down: list[float] = field(default_factory=list)
     placed: int = 0
     placed_best: int = 0
+    rebalance_moves: int = 0
+    # etcd partition of the holder alone: longest egress gap, time to the new holder
+    etcd_cut_gap: list[float] = field(default_factory=list)
+    etcd_cut_handover: list[float] = field(default_factory=list)
+    rows: Counter = field(default_factory=Counter)  # transition-table rows taken
     wall: float = 0.0
 
     def add(self, out: Outcome) -> None:
@@ -41,9 +46,13 @@ class Summary:
         self.vrrp_dual += out.vrrp_dual
         self.placed += out.placed
         self.placed_best += out.placed_best
+        self.rebalance_moves += out.rebalance_moves
         prefix = "jitter_" if out.jitter else ""
         for name in ("crash_failover", "graceful", "link_down"):
             getattr(self, prefix + name).extend(getattr(out, name))
+        self.etcd_cut_gap.extend(out.etcd_cut_gap)
+        self.etcd_cut_handover.extend(out.etcd_cut_handover)
+        self.rows.update(out.rows)
 
     def merge(self, other: "Summary") -> None:
         self.schedules += other.schedules
@@ -52,8 +61,11 @@ class Summary:
         self.vrrp_dual += other.vrrp_dual
         self.placed += other.placed
         self.placed_best += other.placed_best
+        self.rebalance_moves += other.rebalance_moves
+        self.rows.update(other.rows)
         for name in ("crash_failover", "graceful", "link_down", "jitter_crash_failover",
-                     "jitter_graceful", "jitter_link_down"):
+                     "jitter_graceful", "jitter_link_down", "etcd_cut_gap",
+                     "etcd_cut_handover"):
             getattr(self, name).extend(getattr(other, name))
 
     @staticmethod
@@ -73,7 +85,13 @@ class Summary:
                 f"jitter_failover_p99_ms={p(self.jitter_crash_failover, 99)} "
                 f"jitter_graceful_p99_ms={p(self.jitter_graceful, 99)} "
                 f"jitter_linkdown_p99_ms={p(self.jitter_link_down, 99)} "
-                f"vrrp_double_fault_dual_active={self.vrrp_dual}")
+                f"etcdcut_holder={len(self.etcd_cut_gap)} "
+                f"etcdcut_gap_p50_ms={p(self.etcd_cut_gap, 50)} "
+                f"etcdcut_gap_max_ms={p(self.etcd_cut_gap, 100)} "
+                f"etcdcut_handover_p50_ms={p(self.etcd_cut_handover, 50)} "
+                f"etcdcut_handover_p99_ms={p(self.etcd_cut_handover, 99)} "
+                f"vrrp_double_fault_dual_active={self.vrrp_dual} "
+                f"rebalance_moves={self.rebalance_moves}")
 
     def line(self) -> str:
         rate = self.schedules / self.wall * 60 if self.wall else 0.0
@@ -83,11 +101,15 @@ class Summary:
                 f"rate_per_min={rate:.0f}")
 
 
+PLACEMENT_NODES, PLACEMENT_GATEWAYS = (3, 5), (4, 12)  # the placement schedules' worlds
+
+
 def run_one(seed: int, nodes: tuple[int, int] = (2, 5), gateways: tuple[int, int] = (1, 4),
             timers: Timers | None = None, unsafe: frozenset[str] = frozenset(),
-            trace: bool = False) -> Outcome:
+            trace: bool = False, placement: bool = False) -> Outcome:
     timers = timers or Timers()
-    schedule = make_schedule(seed, nodes, gateways, max_drift=timers.max_clock_drift)
+    schedule = make_schedule(seed, nodes, gateways, max_drift=timers.max_clock_drift,
+                             placement=placement)
     return World(schedule, timers, unsafe, trace).run()
 
 
@@ -163,11 +185,11 @@ class Startup:
 
 
 def startup(count: int, seed: int = 1, nodes: int = 3, gateways: int = 2,
-            spread: float = 0.03, jitter_share: float = 0.3, balanced: bool = False,
+            spread: float = 0.03, jitter_share: float = 0.3, placement: bool = False,
             timers: Timers | None = None) -> Startup:
     """``count`` calm worlds whose nodes all start within ``spread``; gateway names vary
-    per schedule so each gets its own rendezvous ranking. ``balanced``: priorities with
-    the balanced first choice (``placement.balanced_tops``)."""
+    per schedule so each gets its own rendezvous ranking. ``placement``: every agent runs
+    the agent's placement (first and second choices over the eligibility records)."""
     timers = timers or Timers()
     result = Startup()
     for i in range(count):
@@ -179,7 +201,7 @@ def startup(count: int, seed: int = 1, nodes: int = 3, gateways: int = 2,
                             [rng.uniform(-drift, drift) for _ in names],
                             [rng.uniform(0, 1000) for _ in names], [], 0.0,
                             jitter=rng.random() < jitter_share, start_spread=spread,
-                            balanced=balanced)
+                            placement=placement)
         world = World(schedule, timers)
         out = world.run()
         world.check_placement()
@@ -189,7 +211,8 @@ def startup(count: int, seed: int = 1, nodes: int = 3, gateways: int = 2,
         result.violations += len(out.violations)
         share = -(-gateways // nodes)
         actives = Counter(world.active_of(gw) for gw in gws)
-        tops = Counter(min(names, key=lambda n: rank_key(world.priority(gw, n), n))
+        first = world.first_choices() if placement else {}
+        tops = Counter(first.get(gw) or min(names, key=lambda n: rank_key(world.priority(gw, n), n))
                        for gw in gws)
         result.crowded += max(actives.values()) > share
         result.crowded_by_placement += max(tops.values()) > share

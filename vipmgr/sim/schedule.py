@@ -69,7 +69,10 @@ class Schedule:
     faults_end: float      # every fault has healed by then
     jitter: bool = False   # scheduling stalls and slow etcd replies (see world.Jitter)
     start_spread: float = 0.05  # each node's process starts at a random instant within
-    balanced: bool = False  # priorities with placement.balanced_tops (as the agent may)
+    # each agent runs the agent's placement over eligibility records, rebalance on
+    placement: bool = False
+    preempt: bool = False   # spec.failover.preempt: a better standby takes over...
+    preempt_delay: float = 0.0  # ... after hearing a worse active this long
 
 
 WARMUP = 0.8        # initial election settles
@@ -85,8 +88,12 @@ FAULT_SPAN = 1.5
 
 def make_schedule(seed: int, nodes_range: tuple[int, int] = (2, 5),
                   gateways_range: tuple[int, int] = (1, 4), max_drift: float = 0.01,
-                  vrrp_share: float = 0.2, jitter_share: float = 0.3) -> Schedule:
+                  vrrp_share: float = 0.2, jitter_share: float = 0.3,
+                  preempt_share: float = 0.15, placement: bool = False) -> Schedule:
+    """``placement``: the agent's placement runs on every node with rebalance on, and
+    explicit priority edits (which opt a gateway out of it) are not among the faults."""
     rng = random.Random(seed)
+    faults = tuple(f for f in FAULTS if f != "reprioritize") if placement else FAULTS
     n = rng.randint(*nodes_range)
     g = rng.randint(*gateways_range)
     nodes = [f"n{i + 1}" for i in range(n)]
@@ -100,7 +107,7 @@ def make_schedule(seed: int, nodes_range: tuple[int, int] = (2, 5),
     episodes = [Episode(measured, MEASURE_AT, length, gateway=rng.randrange(g))]
     end = MEASURE_AT + length
     for _ in range(rng.randint(1, 3)):
-        kind = rng.choice(FAULTS)
+        kind = rng.choice(faults)
         start = FAULTS_FROM + rng.uniform(0, FAULT_SPAN)
         duration = rng.choice((rng.uniform(0.005, 0.3), rng.uniform(0.3, 3.0)))
         if kind == "leader_change":
@@ -116,4 +123,8 @@ def make_schedule(seed: int, nodes_range: tuple[int, int] = (2, 5),
         episodes.append(Episode(kind, start, duration, node, other, rng.randrange(g), amount))
         end = max(end, start + duration)
     jitter = rng.random() < jitter_share
-    return Schedule(seed, nodes, gateways, policy, drift, offsets, episodes, end, jitter)
+    # Drawn last, so every other property of a seed's schedule stays as it was.
+    preempt = rng.random() < preempt_share
+    delay = rng.uniform(0.05, 0.5) if preempt else 0.0
+    return Schedule(seed, nodes, gateways, policy, drift, offsets, episodes, end, jitter,
+                    preempt=preempt, preempt_delay=delay, placement=placement)

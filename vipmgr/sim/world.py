@@ -11,17 +11,19 @@ from __future__ import annotations
 import heapq
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 
 from vipmgr.config.timers import Timers
+from vipmgr.core.config import FIRST_CHOICE_WAIT
 from vipmgr.core.election import Election, ElectionConfig
 from vipmgr.core.messages import (
     OK, REFUSED, UNREACHABLE, Cordoned, EtcdResult, GrantLease, HealthChanged, Heartbeat,
     KeepAlive, MembersChanged, Note, Program, RevokeLease, RoleChanged, SendAdvert, Shutdown,
     Start, SwitchoverRequested, Tick, Watch, WatchUpdate, Withdraw,
 )
-from vipmgr.core.placement import balanced_priority, balanced_tops, rank_key, \
-    rendezvous_priority
+from vipmgr.agent.placement import NodePlacement
+from vipmgr.core.placement import choices, rank_key, rendezvous_priority
 from vipmgr.sim.etcd import EtcdModel
 from vipmgr.sim.schedule import HB_FAULTS, Episode, Schedule
 from vipmgr.store.authority import GatewayKeys, plan
@@ -32,6 +34,16 @@ CALM = 1.0                     # seconds without any disturbance after which no 
 SETTLED = 0.3                  # stop this long after every gateway has one stable active
 ACTIVE_ROLES = ("active", "vrrp-active")
 MEMBERSHIP_DELAY = (0.0005, 0.02)  # a label change reaches each node's store watch
+# Workers steer to the node the authority key names: egress flows while that node's
+# datapath is effective. During an etcd partition of the holder alone it may stop at
+# most this long at a time (the handover's gap), never for the rest of the partition.
+EGRESS_BOUND = 0.4
+EGRESS_SAMPLE = 0.005
+# Placement schedules (Schedule.placement): each agent runs the agent's own NodePlacement
+# over the eligibility records; the lab's seconds scaled down to the simulator's.
+HOLD_DOWN = 0.5        # placementHoldDown
+RECORD_TTL = 0.3       # a dead or frozen agent's record goes with its status lease
+MOVE_SPACING = 0.15    # between two moves into one node
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,14 @@ class Jitter:
 
 
 JITTER = Jitter()
+
+
+@dataclass(frozen=True)
+class _Records:
+    """The eligibility records as a node's watch shows them (None: only recompute, e.g.
+    a holder changed or a gone node's hold-down ended)."""
+
+    nodes: frozenset[str] | None
 
 
 @dataclass(frozen=True)
@@ -94,6 +114,8 @@ class Outcome:
     # them had their best-ranked node active
     placed: int = 0
     placed_best: int = 0
+    # placement schedules: rebalance moves (graceful handovers toward the first choice)
+    rebalance_moves: int = 0
     trace: list[str] = field(default_factory=list)
     sim_time: float = 0.0
     jitter: bool = False
@@ -101,6 +123,26 @@ class Outcome:
     spurious_fences: int = 0
     spurious_challenges: int = 0
     datapath_gaps: int = 0
+    # etcd partition of the holder alone: the longest egress gap of each, and the time
+    # from the cut to the new holder's first effective datapath (when it handed over)
+    etcd_cut_gap: list[float] = field(default_factory=list)
+    etcd_cut_handover: list[float] = field(default_factory=list)
+    # transition-table rows taken: (from role, cause, to role) -> count
+    rows: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class _EgressWatch:
+    """What the workers see while the holder of ``gateway`` is cut from etcd."""
+
+    gateway: str
+    cut: str
+    start: float
+    end: float
+    down_since: float | None = None
+    worst: float = 0.0
+    handed_over: float | None = None
+    reported: bool = False
 
 
 class World:
@@ -141,13 +183,14 @@ class World:
         self.members = {gw: tuple(schedule.nodes) for gw in schedule.gateways}
         self.member_version = {gw: 1 for gw in schedule.gateways}
         self.priority_override: dict[tuple[str, str], int] = {}
-        # What the agent derives from the store: rendezvous, or with the balanced first
-        # choice of every gateway (computed from the initial member sets)
-        tops = balanced_tops(self.members) if schedule.balanced else {}
-        self.base_priority = {
-            (gw, n): balanced_priority(gw, n, tops) if tops else rendezvous_priority(gw, n)
-            for gw in schedule.gateways for n in schedule.nodes}
+        self.base_priority = {(gw, n): rendezvous_priority(gw, n)
+                              for gw in schedule.gateways for n in schedule.nodes}
         self.unlabelled: dict[tuple[str, str], int] = {}
+        # placement schedules: each agent's view, the records in etcd, the holders
+        self.views: dict[str, NodePlacement] = {}
+        self.records: set[str] = set()
+        self._holders: dict[str, str | None] = {}
+        self._place_wakes: dict[str, tuple[int, float]] = {}
 
     # --- event loop ------------------------------------------------------------------
 
@@ -167,6 +210,8 @@ class World:
                 self.at(ep.start + ep.duration, self._episode, ep, False)
         heal = s.faults_end
         self.at(heal + self.timers.liveness_bound, self._liveness_deadline)
+        if s.placement:
+            self.at(heal + self.placement_bound(), self._placement_deadline)
         heap = self.heap
         while heap:
             t, _, fn, args = heapq.heappop(heap)
@@ -187,6 +232,12 @@ class World:
         node.wakes = {}
         node.backlog = []
         self._log(node.name, "", f"process starts (incarnation {node.incarnation})")
+        if self.s.placement:
+            view = self.views[node.name] = NodePlacement(node.name, HOLD_DOWN, MOVE_SPACING)
+            view.update(dict(self.members), {}, node.local(self.t))
+            self._publish_record(node)
+            self.at(self.t + self._etcd_delay(), self._deliver, node, "", None,
+                    _Records(frozenset(self.records)))  # the agent's first read
         for gw in self.s.gateways:
             self._join(node, gw, self._membership(gw, node))
 
@@ -202,9 +253,15 @@ class World:
         node.known[gw] = m.version
         if node.name not in m.members:
             return
+        placed = self._placed(node, gw)
         cfg = ElectionConfig(gateway=gw, node=node.name, members=m.members,
-                             priority=m.priority, timers=self.timers,
-                             on_etcd_loss=self.s.policy, unsafe=self.unsafe)
+                             priority=placed.priority if placed else m.priority,
+                             timers=self.timers, on_etcd_loss=self.s.policy,
+                             preempt=self.s.preempt, preempt_delay=self.s.preempt_delay,
+                             rebalance=self.s.placement, hold_down=HOLD_DOWN,
+                             move_delay=placed.move_delay if placed else 0.0,
+                             first_choice=placed.first_choice if placed else None,
+                             unsafe=self.unsafe)
         node.elections[gw] = Election(cfg)
         # Eligibility first, so even the advert sent at Start tells the truth (peers
         # rank only eligible nodes).
@@ -225,12 +282,130 @@ class World:
         self._log(node.name, gw, f"sees members {','.join(m.members)} priority {m.priority}")
         if running and member:
             node.known[gw] = m.version
-            self._handle(node, gw, MembersChanged(m.members, m.priority))
+            placed = self._placed(node, gw)
+            self._handle(node, gw, MembersChanged(m.members, m.priority) if placed is None
+                         else MembersChanged(m.members, placed.priority, placed.move_delay,
+                                             placed.first_choice))
         elif running:
             node.known[gw] = m.version
             self._handle(node, gw, Shutdown())
         else:
             self._join(node, gw, m)
+
+    # --- placement (Schedule.placement) --------------------------------------------------
+
+    def _placed(self, node: SimNode, gw: str):
+        """What the node's placement gives its member of ``gw`` now (None: no placement)."""
+        view = self.views.get(node.name) if self.s.placement else None
+        if view is None:
+            return None
+        view.update(dict(self.members), {}, node.local(self.t))
+        return view.member(gw, {}, self._current_holders())
+
+    def _current_holders(self) -> dict[str, str | None]:
+        return {gw: self.etcd.view(self.keys[gw]).holder for gw in self.s.gateways}
+
+    def _place(self, node: SimNode, records: frozenset[str] | None) -> None:
+        """The agent's _placement_apply: new records (or a holder change, or a hold-down
+        ending) reach it; every member gets its priority and place in the queue."""
+        view = self.views.get(node.name)
+        if view is None:
+            return
+        now = node.local(self.t)
+        if records is not None:
+            view.records({n: b"{}" for n in records}, now)
+        view.update(dict(self.members), {}, now)
+        holders = self._current_holders()
+        for gw, el in list(node.elections.items()):
+            if el.stopping:
+                continue
+            placed, cfg = view.member(gw, {}, holders), el.cfg
+            if (placed.priority, placed.move_delay, placed.first_choice) \
+                    != (cfg.priority, cfg.move_delay, cfg.first_choice):
+                self._handle(node, gw, MembersChanged(cfg.members, placed.priority,
+                                                      placed.move_delay, placed.first_choice))
+        at = view.next_change()
+        if at is not None:
+            when = max(self.t, (at - node.offset) / node.rate) + 1e-6
+            if self._place_wakes.get(node.name) != (node.incarnation, when):
+                self._place_wakes[node.name] = (node.incarnation, when)
+                self.at(when, self._deliver, node, "", None, _Records(None))
+
+    def _eligible(self, node: SimNode) -> bool:
+        return node.alive and not node.frozen and node.healthy and not node.cordoned
+
+    def _publish_record(self, node: SimNode) -> None:
+        """The agent writes (or deletes) its eligibility record."""
+        eligible = self._eligible(node)
+        view = self.views.get(node.name)
+        if view is not None:
+            view.set_eligible(eligible, node.local(self.t))
+        self._set_record(node.name, eligible)
+
+    def _set_record(self, name: str, present: bool) -> None:
+        if (name in self.records) == present:
+            return
+        if present:
+            self.records.add(name)
+        else:
+            self.records.discard(name)
+        snapshot = frozenset(self.records)
+        for dst in self.nodes:
+            if dst.alive:
+                self.at(self.t + self._etcd_delay(), self._deliver, dst, "", None,
+                        _Records(snapshot))
+
+    def _record_lapses(self, node: SimNode) -> None:
+        """A crashed or frozen agent stops refreshing its status lease: the record goes
+        RECORD_TTL later unless the agent is back by then."""
+        if self.s.placement:
+            self.at(self.t + RECORD_TTL, self._record_lapse, node, node.incarnation)
+
+    def _record_lapse(self, node: SimNode, incarnation: int) -> None:
+        if node.incarnation == incarnation and (not node.alive or node.frozen):
+            self._set_record(node.name, False)
+
+    def _holders_changed(self) -> None:
+        holders = self._current_holders()
+        if holders == self._holders:
+            return
+        self._holders = holders
+        for dst in self.nodes:
+            if dst.alive:
+                self.at(self.t + self._etcd_delay(), self._deliver, dst, "", None,
+                        _Records(None))
+
+    def placement_bound(self) -> float:
+        """After every fault heals, each gateway is on its first choice within this: the
+        records of restarted agents, the hold-down, one move after another into a node
+        (each a graceful handover, or a challenge back-off when one was answered)."""
+        t = self.timers
+        return t.liveness_bound + RECORD_TTL + HOLD_DOWN + FIRST_CHOICE_WAIT \
+            + len(self.s.gateways) * (MOVE_SPACING + 0.05) + 5 * (t.suspect_time
+                                                                 + t.challenge_window)
+
+    def first_choices(self) -> dict[str, str]:
+        """Each gateway's first choice over the records in etcd (the placement's truth)."""
+        picked = choices(self.members, {}, frozenset(self.records))
+        return {gw: c[0] for gw, c in picked.items() if c}
+
+    def _placement_deadline(self):
+        first = self.first_choices()
+        wrong = sorted(f"{gw} on {self.active_of(gw)}, first choice {node}"
+                       for gw, node in first.items() if self.active_of(gw) != node)
+        if wrong:
+            self._violation(f"placement: {len(wrong)} gateways off their first choice "
+                            f"{self.placement_bound():.2f} s after all faults healed: "
+                            + "; ".join(wrong))
+        present = frozenset(self.records)
+        if present and all(set(m) == present for m in self.members.values()):
+            bound = -(-len(self.s.gateways) // len(present))
+            loads = Counter(self.active_of(gw) for gw in self.s.gateways)
+            over = {n: c for n, c in loads.items() if n is not None and c > bound}
+            if over:
+                self._violation(f"placement: {over} active for more than "
+                                f"ceil(G/N) = {bound} gateways")
+        return StopIteration
 
     def _crash(self, node: SimNode) -> None:
         node.alive = False
@@ -240,6 +415,7 @@ class World:
         for key in [k for k in self.watches if k[0] == node.name]:
             del self.watches[key]
         self._log(node.name, "", "process killed (kernel state stays until it expires)")
+        self._record_lapses(node)
 
     def _handle(self, node: SimNode, gw: str, event) -> None:
         el = node.elections.get(gw)
@@ -312,6 +488,8 @@ class World:
             node.backlog.append((gw, el, event))
         elif isinstance(event, _Membership):
             self._relabel(node, gw, event)
+        elif isinstance(event, _Records):
+            self._place(node, event.nodes)
         else:
             self._handle(node, gw, event)
 
@@ -384,12 +562,22 @@ class World:
         self._log(node.name, gw, f"{a.old} -> {a.new} ({a.cause}{': ' if a.detail else ''}"
                                  f"{a.detail})")
         self.last_role_change = self.t
+        self.out.rows[(a.old, a.cause, a.new)] += 1
+        if a.new == "challenging" and a.detail.startswith("rebalance"):
+            self.out.rebalance_moves += 1
         if not self.active_faults and self.measure is None:
             if (a.old, a.new) == ("active", "fenced"):
                 self.out.spurious_fences += 1
             elif a.new == "challenging":
                 self.out.spurious_challenges += 1
-        if not self.active_faults and self.t - self.last_disturbance > CALM:
+        # With preempt on, a better node back from a fault takes over after preemptDelay,
+        # or after one challenge back-off if its first (suspicion) challenge was answered.
+        t = self.timers
+        calm = CALM + (self.s.preempt_delay + 5 * (t.suspect_time + t.challenge_window)
+                       if self.s.preempt else 0.0)
+        if self.s.placement:  # rebalance: a recovered node takes its gateways back
+            calm += self.placement_bound() - t.liveness_bound
+        if not self.active_faults and self.t - self.last_disturbance > calm:
             self._violation(f"role change without a cause: {node.name}/{gw} {a.old} -> {a.new} "
                             f"({a.cause}) {self.t - self.last_disturbance:.2f} s after the last "
                             "disturbance")
@@ -472,6 +660,8 @@ class World:
     def _notify(self) -> None:
         for (name, gw), (_, el) in list(self.watches.items()):
             self._push_view(self.by_name[name], gw, el, self.etcd.view(self.keys[gw]))
+        if self.s.placement:
+            self._holders_changed()
 
     def _break_watches(self, names: list[str]) -> None:
         for key in [k for k in self.watches if k[0] in names]:
@@ -514,6 +704,7 @@ class World:
         elif kind == "freeze":
             if starting and node.alive:
                 node.frozen = True
+                self._record_lapses(node)
             elif not starting and node.frozen:
                 self._resume(node)
         elif kind == "hb_isolate":
@@ -543,6 +734,8 @@ class World:
                 del self.etcd_cut[node.name]
             if starting:
                 self._break_watches([node.name])
+                if self._alone(ep):
+                    self._watch_egress(ep, node)
         elif kind == "etcd_outage":
             self.etcd_down += 1 if starting else -1
             if starting:
@@ -562,6 +755,44 @@ class World:
         else:
             self._measured(ep, starting)
         self._track_double_fault()
+
+    def _alone(self, ep: Episode) -> bool:
+        """No other fault (or measured handover) overlaps this episode."""
+        end = ep.start + ep.duration
+        return not any(o is not ep and o.start <= end and ep.start <= o.start + o.duration
+                       for o in self.s.episodes)
+
+    def _watch_egress(self, ep: Episode, node: SimNode) -> None:
+        for gw in self.s.gateways:
+            if self.etcd.view(self.keys[gw]).holder == node.name \
+                    and self.kernel[gw].get(node.name, 0.0) > self.t:
+                self._sample_egress(_EgressWatch(gw, node.name, self.t, ep.start + ep.duration))
+
+    def _sample_egress(self, w: _EgressWatch) -> None:
+        """Egress works while the node the authority key names is effective."""
+        t = self.t
+        holder = self.etcd.view(self.keys[w.gateway]).holder
+        served = holder is not None and self.kernel[w.gateway].get(holder, 0.0) > t
+        if served:
+            if w.down_since is not None:
+                w.worst = max(w.worst, t - w.down_since)
+            w.down_since = None
+            if holder != w.cut and w.handed_over is None:
+                w.handed_over = t - w.start
+        elif w.down_since is None:
+            w.down_since = t
+        gap = 0.0 if w.down_since is None else t - w.down_since
+        if gap > EGRESS_BOUND and not w.reported:
+            w.reported = True
+            self._violation(f"egress down {w.gateway}: no effective holder in etcd for "
+                            f"{gap * 1e3:.0f} ms during the etcd partition of {w.cut} (the "
+                            "holder) alone")
+        if t + EGRESS_SAMPLE < w.end:
+            self.at(t + EGRESS_SAMPLE, self._sample_egress, w)
+            return
+        self.out.etcd_cut_gap.append(max(w.worst, gap))
+        if w.handed_over is not None:
+            self.out.etcd_cut_handover.append(w.handed_over)
 
     def _isolate(self, node: SimNode, starting: bool) -> None:
         """The node's heartbeat interface loses carrier: nothing in, nothing out."""
@@ -585,6 +816,8 @@ class World:
 
     def _resume(self, node: SimNode) -> None:
         node.frozen = False
+        if self.s.placement:
+            self._publish_record(node)
         backlog, node.backlog = node.backlog, []
         self._log(node.name, "", f"resumes ({len(backlog)} queued etcd messages)")
         for gw, el, event in backlog:
@@ -611,12 +844,16 @@ class World:
 
     def _set_health(self, node: SimNode, ok: bool) -> None:
         node.healthy = ok
+        if self.s.placement and node.alive and not node.frozen:
+            self._publish_record(node)
         for gw in list(node.elections):
             if not node.frozen:
                 self._handle(node, gw, HealthChanged(ok))
 
     def _set_cordon(self, node: SimNode, on: bool) -> None:
         node.cordoned = on
+        if self.s.placement and node.alive and not node.frozen:
+            self._publish_record(node)
         for gw in list(node.elections):
             if not node.frozen:
                 self._handle(node, gw, Cordoned(on))
@@ -678,10 +915,11 @@ class World:
     def check_placement(self) -> None:
         """After the calm start every node is alive, healthy and a member: the active of
         each gateway should be its best-ranked node (placement), not the first to start."""
+        first = self.first_choices() if self.s.placement else {}
         for gw in self.s.gateways:
             self.out.placed += 1
-            self.out.placed_best += self.active_of(gw) == min(
-                self.s.nodes, key=lambda n: rank_key(self.priority(gw, n), n))
+            self.out.placed_best += self.active_of(gw) == (first.get(gw) or min(
+                self.s.nodes, key=lambda n: rank_key(self.priority(gw, n), n)))
 
     # --- checks ----------------------------------------------------------------------
 
@@ -690,6 +928,8 @@ class World:
         for gw, kernel in self.kernel.items():
             if sum(1 for exp in kernel.values() if exp > t) != 1:
                 return False
+        if self.s.placement:  # and every gateway on its first choice
+            return all(self.active_of(gw) == node for gw, node in self.first_choices().items())
         return True
 
     def _liveness_deadline(self):
@@ -698,7 +938,7 @@ class World:
             if len(live) != 1:
                 self._violation(f"liveness {gw}: {len(live)} actives "
                                 f"{self.timers.liveness_bound:.2f} s after all faults healed")
-        return StopIteration
+        return None if self.s.placement else StopIteration  # placement: its own deadline
 
     def _log(self, node: str, gw: str, text: str) -> None:
         if self.tracing:

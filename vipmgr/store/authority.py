@@ -228,20 +228,27 @@ class AuthorityExecutor:
         await self.client.connect()
         match op:
             case GrantLease(ttl=ttl):
-                reply = await self.client.leasestub.LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl))
+                reply = await self.client.leasestub.LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl),
+                                                               metadata=self._metadata())
                 return EtcdResult(op.op_id, OK, reply.header.revision, lease=reply.ID)
             case KeepAlive(lease=lease):
                 async for reply in self.client.leasestub.LeaseKeepAlive(
-                        iter([rpc.LeaseKeepAliveRequest(ID=lease)])):
+                        iter([rpc.LeaseKeepAliveRequest(ID=lease)]), metadata=self._metadata()):
                     return EtcdResult(op.op_id, OK if reply.TTL > 0 else REFUSED,
                                       reply.header.revision)
                 return EtcdResult(op.op_id, UNREACHABLE)
             case RevokeLease(lease=lease):
-                reply = await self.client.leasestub.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease))
+                reply = await self.client.leasestub.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease),
+                                                                metadata=self._metadata())
                 return EtcdResult(op.op_id, OK, reply.header.revision)
         txn = plan(op, self.node, self.keys)
         succeeded, revision, view = await self._txn(txn)
         return EtcdResult(op.op_id, OK if succeeded else REFUSED, revision, view)
+
+    def _metadata(self):
+        """The call metadata the client authenticated with (etcd auth token; the raw
+        stubs do not add it by themselves, unlike aetcd's own methods)."""
+        return getattr(self.client, "metadata", None)
 
     def _reads(self) -> list:
         k = self.keys
@@ -269,7 +276,8 @@ class AuthorityExecutor:
                 writes.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
                     key=w.key.encode())))
         reply = await self.client.kvstub.Txn(rpc.TxnRequest(
-            compare=compare, success=writes + self._reads(), failure=self._reads()))
+            compare=compare, success=writes + self._reads(), failure=self._reads()),
+            metadata=self._metadata())
         kvs = [KV(kv.key.decode(), kv.value.decode(), kv.create_revision, kv.mod_revision,
                   kv.lease)
                for r in reply.responses if r.WhichOneof("response") == "response_range"

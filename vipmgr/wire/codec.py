@@ -21,12 +21,13 @@ covers the same bytes with the checksum field zeroed, so the checksum can be
 computed last. The encoder emits the whole IP header (the transport sends with
 ``IP_HDRINCL``) so the bytes in a pcap are exactly what went on the wire.
 
-Speed: building through scapy costs ~0.6 ms a packet. scapy's VRRPv3 layer
-builds each distinct (VRID, interval, egress IP) header once and the name block
-(node, gateway, echo node, heard) is cached per advert shape; the per-packet
-work is struct packing (priority, sequence, epoch, stamps), one HMAC and a
-checksum over ~130 bytes. Parsing is struct-based; tests cross-check it
-against scapy's dissector and tshark.
+Speed: building through scapy costs ~0.6 ms a packet (and importing it ~0.5 s
+and ~34 MB, so the agent does not). Each distinct (VRID, interval, egress IP)
+header and the name block (node, gateway, echo node, heard) are built once
+per advert shape; the per-packet work is struct packing (priority, sequence,
+epoch, stamps), one HMAC and a checksum over ~130 bytes. Building and
+parsing are struct-based; tests cross-check both against scapy's VRRPv3
+layer and tshark.
 """
 
 from __future__ import annotations
@@ -37,16 +38,13 @@ import struct
 import time
 from array import array
 
-from scapy.layers.inet import IP
-from scapy.layers.vrrp import VRRPv3
-
+from vipmgr.wire.keys import HMAC_LEN, KeyRing
 from vipmgr.wire.message import (HEARD_MAX, NAME_MAX, STAMP_MAX, VRRP_GROUP, VRRP_PROTO,
                                  VRRP_TTL, Advert, Frame, Reject, Role)
 
 MAGIC = b"VPMG"
 TRAILER_VERSION = 2     # 2: stamp, echo stamp, echo node
 AUTH_NONE, AUTH_HMAC_SHA256 = 0, 1
-HMAC_LEN = 32
 FLAG_ACTIVE, FLAG_HEALTHY, FLAG_ETCD = 0x01, 0x02, 0x04
 
 IP_HDR = struct.Struct(">BBHHHBBH4s4s")
@@ -103,10 +101,10 @@ def _stamp_us(stamp: float) -> int:
 
 
 def _vrrp_template(vrid: int, interval_ms: int, egress_ip: str | None) -> bytes:
-    """The VRRPv3 header + address list, built by scapy, priority and checksum zero."""
-    layer = VRRPv3(vrid=vrid, priority=0, adv=_adv_centiseconds(interval_ms),
-                   addrlist=[egress_ip] if egress_ip else [], chksum=0)
-    return bytes(IP(proto=VRRP_PROTO) / layer)[IP_HDR_LEN:]
+    """The VRRPv3 header (RFC 5798 5.1: version 3, type 1, VRID, priority and checksum 0,
+    reserved 0 + max advert interval) and the address list."""
+    addrs = socket.inet_aton(egress_ip) if egress_ip else b""
+    return VRRP_HDR.pack(0x31, vrid, 0, len(addrs) // 4, _adv_centiseconds(interval_ms), 0) + addrs
 
 
 def _validate(advert: Advert) -> None:
@@ -202,20 +200,24 @@ def _name(buf: bytes, off: int, end: int, optional: bool = False) -> tuple[str |
         raise _Bad(Reject.MALFORMED) from None
 
 
-def decode(datagram: bytes) -> tuple[Frame, bytes | None, bytes] | Reject:
+def decode(datagram: bytes, keyring: KeyRing | None = None) -> Frame | Reject:
     """Parse an IPv4 heartbeat datagram; never raises on any input.
 
-    Returns the frame, the HMAC it carried (or None) and the bytes the HMAC
-    covers — the Receiver verifies them because only it knows the keys — or
-    the reason the datagram is rejected.
+    Verify before believing: only the envelope (IP and VRRP headers, both
+    checksums, the address count that says where the trailer starts, magic,
+    trailer version, auth scheme) is read before the HMAC is checked against
+    ``keyring``; every claim (lengths, names, sequence, epoch, stamps) is read
+    only from an authenticated datagram, so a tampered one is always ``auth``.
+    Without ``keyring`` nothing is verified (tools and tests); the
+    :class:`~vipmgr.wire.receiver.Receiver` always passes its own.
     """
     try:
-        return _decode(bytes(datagram))
+        return _decode(bytes(datagram), keyring)
     except _Bad as bad:
         return bad.reason
 
 
-def _decode(buf: bytes) -> tuple[Frame, bytes | None, bytes]:
+def _decode(buf: bytes, keyring: KeyRing | None) -> Frame:
     if len(buf) < IP_HDR_LEN:
         raise _Bad(Reject.TRUNCATED)
     vihl, _tos, total, _id, _frag, ttl, proto, _ck, s, d = IP_HDR.unpack_from(buf)
@@ -245,22 +247,32 @@ def _decode(buf: bytes) -> tuple[Frame, bytes | None, bytes]:
         raise _Bad(Reject.TRUNCATED)
     if count > 1:
         raise _Bad(Reject.MALFORMED)
-    egress = socket.inet_ntoa(body[VRRP_HDR_LEN:off]) if count else None
     if body[off:off + len(MAGIC)] != MAGIC:
         raise _Bad(Reject.FOREIGN)
     if len(body) < off + TRAILER.size:
         raise _Bad(Reject.TRUNCATED)
-    (_m, tver, flags, auth, nheard, seq, epoch, interval_ms, stamp_us,
-     echo_us) = TRAILER.unpack_from(body, off)
+    tver, auth = body[off + 4], body[off + 6]
     if tver != TRAILER_VERSION:
         raise _Bad(Reject.VERSION)
-    if auth not in (AUTH_NONE, AUTH_HMAC_SHA256):
+    # --- authenticate: nothing below the envelope has been read yet ---
+    key_index = None
+    if auth == AUTH_HMAC_SHA256:
+        end = len(body) - HMAC_LEN
+        if end < off + TRAILER.size:
+            raise _Bad(Reject.TRUNCATED)
+        if keyring is not None and keyring.keys:
+            key_index = keyring.verify(body[:6] + b"\0\0" + body[8:end], body[end:])
+            if key_index is None:
+                raise _Bad(Reject.AUTH)
+    elif auth != AUTH_NONE or keyring is not None and keyring.require_auth:
         raise _Bad(Reject.AUTH)
+    else:
+        end = len(body)
+    # --- believe: the claims of an authenticated (or deliberately unauthenticated) sender ---
+    (_m, _tver, flags, _auth, nheard, seq, epoch, interval_ms, stamp_us,
+     echo_us) = TRAILER.unpack_from(body, off)
     if nheard > HEARD_MAX or interval_ms == 0 or max(stamp_us, echo_us) >= STAMP_US_MAX:
         raise _Bad(Reject.MALFORMED)
-    end = len(body) - (HMAC_LEN if auth == AUTH_HMAC_SHA256 else 0)
-    if end < off + TRAILER.size:
-        raise _Bad(Reject.TRUNCATED)
     node, pos = _name(body, off + TRAILER.size, end)
     gateway, pos = _name(body, pos, end)
     echo_node, pos = _name(body, pos, end, optional=True)
@@ -272,14 +284,11 @@ def _decode(buf: bytes) -> tuple[Frame, bytes | None, bytes]:
         raise _Bad(Reject.MALFORMED)
     advert = Advert(node=node, gateway=gateway, vrid=vrid,
                     role=Role.ACTIVE if flags & FLAG_ACTIVE else Role.STANDBY,
-                    epoch=epoch, priority=prio, interval_ms=interval_ms, egress_ip=egress,
+                    epoch=epoch, priority=prio, interval_ms=interval_ms,
+                    egress_ip=socket.inet_ntoa(body[VRRP_HDR_LEN:off]) if count else None,
                     healthy=bool(flags & FLAG_HEALTHY),
                     etcd_reachable=bool(flags & FLAG_ETCD), heard=tuple(heard),
                     stamp=stamp_us / 1_000_000, echo_node=echo_node,
                     echo_stamp=echo_us / 1_000_000)
-    frame = Frame(advert=advert, seq=seq, src=socket.inet_ntoa(s), dst=socket.inet_ntoa(d),
-                  authenticated=auth == AUTH_HMAC_SHA256)
-    if auth == AUTH_NONE:
-        return frame, None, b""
-    signed = body[:6] + b"\0\0" + body[8:end]
-    return frame, body[end:], signed
+    return Frame(advert=advert, seq=seq, src=socket.inet_ntoa(s), dst=socket.inet_ntoa(d),
+                 authenticated=auth == AUTH_HMAC_SHA256, key_index=key_index)

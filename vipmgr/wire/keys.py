@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 from dataclasses import dataclass
 from pathlib import Path
 
 KEY_MIN_BYTES = 16
 KEYS_MAX = 2
+HMAC_LEN = 32
 
 
 class KeyFileError(ValueError):
@@ -46,6 +48,46 @@ class KeyRing:
     @property
     def signing_key(self) -> bytes | None:
         return self.keys[0] if self.keys else None
+
+    def sign(self, data: bytes) -> bytes:
+        """HMAC-SHA256 of ``data`` with the signing key: the tag any agent-to-agent channel
+        appends (heartbeats, and replication when it comes; docs/security.md)."""
+        if not self.keys:
+            raise ValueError("no key to sign with")
+        return hmac.digest(self.keys[0], data, "sha256")
+
+    def verify(self, data: bytes, mac: bytes) -> int | None:
+        """Index of the key whose HMAC of ``data`` is ``mac`` (constant-time compare), or None."""
+        for i, key in enumerate(self.keys):
+            if hmac.compare_digest(hmac.digest(key, data, "sha256"), mac):
+                return i
+        return None
+
+
+def channel_tag(label: str) -> bytes:
+    """What a non-heartbeat channel prefixes to the bytes it MACs. It starts with ``v``
+    (0x76), never 0x31 like a heartbeat's VRRP header, so a tag from one channel never
+    verifies a message of another or a heartbeat (domain separation)."""
+    if not label or "\0" in label:
+        raise ValueError("a channel label is a non-empty string without NUL")
+    return b"vipmgr/" + label.encode() + b"\0"
+
+
+def seal(ring: KeyRing, label: str, payload: bytes) -> bytes:
+    """``payload`` + its 32-byte HMAC for channel ``label``, with the heartbeat keys: any
+    agent-to-agent channel (conntrack replication, …) uses this, so it follows the same
+    rotation with no key of its own. Replay protection (a sequence in the payload) is the
+    channel's."""
+    return payload + ring.sign(channel_tag(label) + payload)
+
+
+def unseal(ring: KeyRing, label: str, data: bytes) -> bytes | None:
+    """The payload of a :func:`seal` ed message, or None when it does not verify (check
+    before reading any of it)."""
+    if len(data) < HMAC_LEN or not ring.keys:
+        return None
+    payload, mac = data[:-HMAC_LEN], data[-HMAC_LEN:]
+    return payload if ring.verify(channel_tag(label) + payload, mac) is not None else None
 
 
 def parse_keys(text: str, *, source: str = "<keys>") -> tuple[bytes, ...]:

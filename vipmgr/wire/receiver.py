@@ -8,9 +8,9 @@ frame or the reject reason and counts both, so the agent exports
 
 from __future__ import annotations
 
-import hmac
+import socket
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from vipmgr.wire.codec import decode
 from vipmgr.wire.keys import KeyRing
@@ -18,6 +18,9 @@ from vipmgr.wire.message import Frame, Reject
 
 REPLAY_WINDOW = 64          # out-of-order tolerance, in sequence numbers
 PEERS_PER_GATEWAY_MAX = 255  # distinct sender names kept per gateway
+LOGGED_REJECTS = frozenset({Reject.AUTH, Reject.REPLAY})  # what an attacker's packets become
+REJECT_LOG_INTERVAL = 10.0   # seconds: one line per source and reason, then a count
+REJECT_LOG_SOURCES_MAX = 1024  # spoofed sources cannot grow the log state without bound
 
 
 @dataclass(slots=True)
@@ -44,6 +47,37 @@ class _PeerState:
 
 
 @dataclass
+class RejectLog:
+    """Rate-limited log lines for rejected heartbeats: at most one line per
+    ``interval`` per (source address, reason), carrying how many arrived since
+    the previous line — a flood of forgeries is visible without flooding the log.
+
+    The source is what the IP header says: unauthenticated, so it is reported,
+    never trusted. Sans-I/O: :meth:`note` returns the line to log, or None.
+    """
+
+    interval: float = REJECT_LOG_INTERVAL
+    _last: dict[tuple[str, Reject], tuple[float, int]] = field(default_factory=dict)
+
+    def note(self, datagram: bytes, reason: Reject, now: float) -> str | None:
+        if reason not in LOGGED_REJECTS:
+            return None
+        src = socket.inet_ntoa(bytes(datagram[12:16])) if len(datagram) >= 20 else "?"
+        key = (src, reason)
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.interval:
+            self._last[key] = (last[0], last[1] + 1)
+            return None
+        if last is None and len(self._last) >= REJECT_LOG_SOURCES_MAX:
+            self._last.clear()
+        self._last[key] = (now, 0)
+        if last is None or not last[1]:
+            return f"heartbeat rejected as {reason} from {src}"
+        return (f"heartbeat rejected as {reason} from {src}: {last[1] + 1} since the line "
+                f"{now - last[0]:.0f} s ago")
+
+
+@dataclass
 class Receiver:
     """Per-node receive state shared by every interface's transport.
 
@@ -57,6 +91,7 @@ class Receiver:
     gateways: dict[str, int]
     keyring: KeyRing = field(default_factory=KeyRing)
     counters: Counter[str] = field(default_factory=Counter)
+    reject_log: RejectLog = field(default_factory=RejectLog)
     _peers: dict[tuple[str, str], _PeerState] = field(default_factory=dict)
     _per_gateway: Counter[str] = field(default_factory=Counter)
 
@@ -74,19 +109,10 @@ class Receiver:
         return result
 
     def _verify(self, datagram: bytes, now: float) -> Frame | Reject:
-        parsed = decode(datagram)
+        parsed = decode(datagram, self.keyring)   # HMAC first: see codec.decode
         if isinstance(parsed, Reject):
             return parsed
-        frame, mac, signed = parsed
-        key_index = None
-        if mac is not None and self.keyring.keys:
-            key_index = next((i for i, k in enumerate(self.keyring.keys)
-                              if hmac.compare_digest(hmac.digest(k, signed, "sha256"), mac)),
-                             None)
-            if key_index is None:
-                return Reject.AUTH
-        elif self.keyring.require_auth:
-            return Reject.AUTH
+        frame = parsed
         advert = frame.advert
         vrid = self.gateways.get(advert.gateway)
         if vrid is None:
@@ -104,8 +130,6 @@ class Receiver:
             self._per_gateway[advert.gateway] += 1
         elif not state.admit(frame.seq):
             return Reject.REPLAY
-        if key_index is not None:
-            frame = replace(frame, key_index=key_index)
         state.last_heard = now
         state.frame = frame
         return frame
@@ -124,3 +148,4 @@ class Receiver:
         """Drop a peer's replay state (e.g. the node was removed from the store)."""
         if self._peers.pop((gateway, node), None) is not None:
             self._per_gateway[gateway] -= 1
+

@@ -32,6 +32,7 @@ import asyncio
 import ctypes
 import errno
 import fcntl
+import logging
 import os
 import socket
 import struct
@@ -50,6 +51,7 @@ CLONE_NEWNET = 0x40000000
 OnAdvert = Callable[[Advert, str, str], None]
 OnReject = Callable[[Reject, str], None]
 T = TypeVar("T")
+LOG = logging.getLogger("vipmgr.wire")
 
 
 def interface_ipv4(sock: socket.socket, ifname: str) -> str:
@@ -169,7 +171,10 @@ class HeartbeatTransport:
             result = self.receiver.process(view[:n], now)
             if not isinstance(result, Reject):
                 self.on_advert(result.advert, result.src, self.ifname)
-            elif self.on_reject is not None:
+                continue
+            if line := self.receiver.reject_log.note(view[:n], result, now):
+                LOG.warning(f"{line} on {self.ifname}", extra={"interface": self.ifname})
+            if self.on_reject is not None:
                 self.on_reject(result, self.ifname)
 
     def close(self) -> None:
