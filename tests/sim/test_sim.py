@@ -110,10 +110,11 @@ def test_nodes_starting_together_follow_placement(nodes, gateways, count):
     assert placed.crowded == placed.crowded_by_placement, placed.line()
 
 
-def test_balanced_priorities_spread_gateways_that_start_together():
-    """With placement.balanced_tops (what the agent may derive from the store) no node
-    is active for more than its share of the gateways, also at a simultaneous start."""
-    placed = startup(100, seed=11, nodes=3, gateways=4, balanced=True)
+def test_placement_spreads_gateways_that_start_together():
+    """With the agent's placement (first choices from placement.balanced_tops over the
+    eligibility records) no node is active for more than its share of the gateways,
+    also at a simultaneous start."""
+    placed = startup(100, seed=11, nodes=3, gateways=4, placement=True)
     assert placed.violations == 0 and placed.best_ranked == placed.gateways
     assert placed.crowded == 0, placed.line()
     assert startup(100, seed=11, nodes=3, gateways=4).crowded > 10  # rendezvous alone

@@ -8,7 +8,7 @@ import click
 
 from vipmgr.config.errors import ConfigError
 from vipmgr.config.timers import Timers
-from vipmgr.sim.runner import Summary, run_many, run_one
+from vipmgr.sim.runner import PLACEMENT_GATEWAYS, PLACEMENT_NODES, Summary, run_many, run_one
 from vipmgr.sim.runner import soak as run_soak
 from vipmgr.sim.runner import startup as run_startup
 from vipmgr.sim.schedule import make_schedule
@@ -47,17 +47,19 @@ def _timers(pairs: tuple[str, ...]) -> Timers:
 
 
 def _chunk(args: tuple) -> Summary:
-    count, seed, nodes, gateways, unsafe, timers = args
-    return run_many(count, seed, nodes=nodes, gateways=gateways, unsafe=unsafe, timers=timers)
+    count, seed, nodes, gateways, unsafe, timers, placement = args
+    return run_many(count, seed, nodes=nodes, gateways=gateways, unsafe=unsafe, timers=timers,
+                    placement=placement)
 
 
 @click.command()
 @click.option("--schedules", "-n", default=1000, show_default=True, help="How many schedules.")
 @click.option("--seed", "-s", default=1, show_default=True,
               help="Seed of the first schedule; schedule i uses seed+i.")
-@click.option("--nodes", default="2-5", show_default=True, help="Nodes per schedule, N or N-M.")
-@click.option("--gateways", default="1-4", show_default=True,
-              help="Gateways per schedule, N or N-M.")
+@click.option("--nodes", default=None,
+              help="Nodes per schedule, N or N-M (2-5; 3-5 with --placement).")
+@click.option("--gateways", default=None,
+              help="Gateways per schedule, N or N-M (1-4; 4-12 with --placement, at most 12).")
 @click.option("--jobs", "-j", default=1, show_default=True,
               help="Worker processes (each schedule is independent and deterministic).")
 @click.option("--replay", type=int, default=None, metavar="SEED",
@@ -72,19 +74,23 @@ def _chunk(args: tuple) -> Summary:
               help="Instead of schedules: COUNT calm worlds whose nodes (the largest of "
                    "--nodes) start within 30 ms; prints how often each of the largest of "
                    "--gateways got its best-ranked node active. Exits 1 below 99%.")
-@click.option("--balanced", is_flag=True,
-              help="With --startup: priorities with placement.balanced_tops (the first "
-                   "choices spread over the nodes).")
+@click.option("--placement", is_flag=True,
+              help="Every node runs the agent's placement (first choices, rebalance after "
+                   "the hold-down, one move at a time); checks that each gateway ends on "
+                   "its first choice and no node holds more than ceil(G/N) once healed. "
+                   "Schedules leave out priority changes.")
 @click.option("--unsafe", multiple=True, type=click.Choice(["challenge", "fence"]), hidden=True,
               help="Test only: disable one protection to show the checker catches it.")
-def sim(schedules: int, seed: int, nodes: str, gateways: str, jobs: int, replay: int | None,
-        timer_pairs: tuple[str, ...], soak: float | None, down: int, startup: int | None,
-        balanced: bool, unsafe: tuple[str, ...]) -> None:
+def sim(schedules: int, seed: int, nodes: str | None, gateways: str | None, jobs: int,
+        replay: int | None, timer_pairs: tuple[str, ...], soak: float | None, down: int,
+        startup: int | None, placement: bool, unsafe: tuple[str, ...]) -> None:
     """Deterministic fault simulator: crash, freeze, partitions, etcd loss, loss/dup/
     reordering, drift, health flaps, cordon, membership and priority changes, scheduling
     jitter. Exits 1 on any invariant violation; the last line is the summary CI reads."""
-    node_range = _range(nodes, "--nodes", 2, 5)
-    gw_range = _range(gateways, "--gateways", 1, 4)
+    default_nodes, default_gws = (PLACEMENT_NODES, PLACEMENT_GATEWAYS) if placement \
+        else ((2, 5), (1, 4))
+    node_range = _range(nodes, "--nodes", 2, 5) if nodes else default_nodes
+    gw_range = _range(gateways, "--gateways", 1, 12) if gateways else default_gws
     flags = frozenset(unsafe)
     timers = _timers(timer_pairs)
     if soak is not None:
@@ -94,19 +100,20 @@ def sim(schedules: int, seed: int, nodes: str, gateways: str, jobs: int, replay:
         click.echo(run_soak(soak, seed, node_range[1], gw_range[1], down, timers).line())
         return
     if startup is not None:
-        placed = run_startup(startup, seed, node_range[1], gw_range[1], balanced=balanced,
+        placed = run_startup(startup, seed, node_range[1], gw_range[1], placement=placement,
                              timers=timers)
         click.echo(placed.line())
         sys.exit(1 if placed.violations or placed.best_ranked < 0.99 * placed.gateways else 0)
     if replay is not None:
-        sched = make_schedule(replay, node_range, gw_range)
+        sched = make_schedule(replay, node_range, gw_range, placement=placement)
         click.echo(f"schedule {replay}: nodes={','.join(sched.nodes)} "
                    f"gateways={','.join(sched.gateways)} onEtcdLoss={sched.policy}")
         for name, drift in zip(sched.nodes, sched.drift):
             click.echo(f"  clock {name}: rate {1 + drift:.5f}")
         for ep in sched.episodes:
             click.echo(f"  at {ep.start * 1e3:7.1f} ms: {ep.describe(sched.nodes, sched.gateways)}")
-        out = run_one(replay, node_range, gw_range, timers=timers, unsafe=flags, trace=True)
+        out = run_one(replay, node_range, gw_range, timers=timers, unsafe=flags, trace=True,
+                      placement=placement)
         click.echo("\n".join(out.trace))
         for v in out.violations:
             click.echo(f"VIOLATION {v}")
@@ -119,7 +126,7 @@ def sim(schedules: int, seed: int, nodes: str, gateways: str, jobs: int, replay:
         import time
         per = -(-schedules // jobs)
         parts = [(min(per, schedules - i * per), seed + i * per, node_range, gw_range, flags,
-                  timers) for i in range(jobs) if schedules - i * per > 0]
+                  timers, placement) for i in range(jobs) if schedules - i * per > 0]
         started = time.perf_counter()
         with multiprocessing.get_context("fork").Pool(len(parts)) as pool:
             results = pool.map(_chunk, parts)
@@ -129,7 +136,7 @@ def sim(schedules: int, seed: int, nodes: str, gateways: str, jobs: int, replay:
         summary.wall = time.perf_counter() - started
     else:
         summary = run_many(schedules, seed, nodes=node_range, gateways=gw_range, unsafe=flags,
-                           timers=timers)
+                           timers=timers, placement=placement)
     for out in summary.failing[:20]:
         for v in out.violations:
             click.echo(f"seed={out.seed} {v}  (vipmgr sim --replay {out.seed})")
