@@ -85,6 +85,44 @@ def test_role_change_during_a_benign_fault_or_calm_is_flagged():
     assert anomalies == []
 
 
+def test_a_logged_planned_move_is_no_anomaly_but_only_to_its_target_and_soon():
+    """A rebalance (the first choice takes its gateway back after the hold-down) is a
+    planned, graceful move: not flagged when an agent logged it just before."""
+    obs = observe(40, [(0, 12.0, "gw-a"), (12.0, 40, "gw-b")])
+    anomalies, summary = check(obs, [], planned=[(T0 + 11.95, "gw-b")])
+    assert anomalies == [] and summary["planned_moves"] == 1
+    for planned in ([(T0 + 11.95, "gw-c")], [(T0 + 9.0, "gw-b")], [(T0 + 12.5, "gw-b")]):
+        anomalies, _ = check(obs, [], planned=planned)
+        assert kinds_of(anomalies) == ["role-change-while-calm"], planned
+
+
+def test_planned_moves_are_read_from_the_agent_logs(tmp_path):
+    import time
+
+    from vipmgr.lab.chaos import planned_moves
+
+    now = time.time()
+
+    def stamp(t: float) -> str:
+        return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1000):03d}"
+
+    log = tmp_path / "gw-c.log"
+    log.write_text(
+        f"{stamp(now - 100)} info    egress-gw: active -> releasing (release: rebalance to "
+        "gw-b) gateway=egress-gw node=gw-c\n"
+        f"{stamp(now + 2)} info    egress-gw: active -> releasing (release: rebalance to "
+        "gw-a) gateway=egress-gw node=gw-c\n"
+        f"{stamp(now + 3)} info    egress-gw: active -> releasing (release: shutdown)\n")
+
+    class FakeLab:
+        def log_path(self, node):
+            return log if node == "gw-c" else tmp_path / "none.log"
+
+    moves = planned_moves(FakeLab(), now - 10, 500.0, now + 10)
+    assert [to for _, to in moves] == ["gw-a"]
+    assert abs(moves[0][0] - 512.0) < 0.01  # 12 s after wall0, which is mono 500
+
+
 def test_outage_owes_no_traffic_but_the_heal_does():
     obs = observe(40, [(0, 10.0, "gw-a"), (25.0, 40, "gw-a")])
     outage = episode("etcd-outage", ["etcd", "etcd2"], 10.0, 14.0)

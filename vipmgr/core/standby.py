@@ -58,7 +58,7 @@ class Standby:
             since = self._free_since[1]
             if view.vacated_by == me:
                 since += self._S + self._W  # we just handed it over: others first
-            if view.term_rev == 0 and self._awaits_first_choice():
+            if self._awaits_first_choice():  # never held, or held before we joined
                 since = max(since, self._started_at + FIRST_CHOICE_WAIT)
             timers["act"] = max(since, self._listen_until(view.vacated_by)) \
                 + (self._rank() + (1 if view.successor else 0)) * adv

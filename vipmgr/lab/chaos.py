@@ -20,7 +20,11 @@ schedule (:func:`check`, pure):
   lost, 20 % heartbeat loss, an etcd outage under ``hold``);
 - **no active after heal**: no datagram from the VIP within the bound after a heal;
 - **role change while calm**: the delivering node changed while only benign
-  faults (or none) were in force, past the bound after the last other one.
+  faults (or none) were in force, past the bound after the last other one —
+  unless an agent logged a planned move to that node just before (a rebalance
+  once the placement's first choice has been eligible for the hold-down: a
+  graceful handover, reported as a planned move, still checked for dual owners,
+  leaks and gaps like any other second).
 
 Every anomaly is reported with its time and the agents' log lines around it;
 the exit status is 1 if there is any.
@@ -67,6 +71,8 @@ VRRP = "ip protocol 112"
 LOG_BEFORE, LOG_AFTER = 2.0, 1.0  # seconds of agent log shown around an anomaly
 LOG_LINES = 12
 PAUSE = re.compile(r": paused (\d+) ms")
+PLANNED = re.compile(r" active -> releasing \(\w+: rebalance to ([\w.-]+)\)")
+PLANNED_GRACE = 1.0   # s from a logged planned move to the traffic on the new node
 MAX_MINUTES = 60.0
 STABLE_TIMEOUT = 60.0  # before the schedule starts: one active, the VIP on it, traffic flowing
 
@@ -239,8 +245,10 @@ def _calm(episodes: Sequence[Episode], t: float, bound: float) -> bool:
 
 
 def check(obs: Observations, episodes: Sequence[Episode], gateways: Sequence[str] = GATEWAYS,
-          vip: str = VIP, bound: float = BOUND) -> tuple[list[Anomaly], dict]:
-    """Every anomaly, and the summary figures, from what was observed and what was done."""
+          vip: str = VIP, bound: float = BOUND,
+          planned: Sequence[tuple[float, str]] = ()) -> tuple[list[Anomaly], dict]:
+    """Every anomaly, and the summary figures, from what was observed and what was done;
+    ``planned``: (time, target node) of every planned move an agent logged."""
     anomalies: list[Anomaly] = []
     mine = [r for r in obs.l2 if any(r.seq in s for s in obs.sent)]
     good = sorted(r.arrival for r in mine if r.source == vip)
@@ -310,7 +318,11 @@ def check(obs: Observations, episodes: Sequence[Episode], gateways: Sequence[str
         if prev is not None and node != prev:
             changes.append((r.arrival, prev, node))
         prev = node
+    planned_moves = 0
     for t, a, b in changes:
+        if any(at <= t <= at + PLANNED_GRACE and to == b for at, to in planned):
+            planned_moves += 1
+            continue
         if _calm(episodes, t, bound):
             during = [ep.step.kind for ep in episodes if ep.injected <= t < ep.end]
             anomalies.append(Anomaly(t, "role-change-while-calm",
@@ -327,6 +339,7 @@ def check(obs: Observations, episodes: Sequence[Episode], gateways: Sequence[str
         "unavailable_seconds": missing,
         "heals_checked": heals,
         "role_changes": [[round(t - obs.start, 3), a, b] for t, a, b in changes],
+        "planned_moves": planned_moves,
     }
     return anomalies, summary
 
@@ -592,6 +605,19 @@ def agent_pauses(lab: Lab, wall0: float, wall1: float) -> list[int]:
     return out
 
 
+def planned_moves(lab: Lab, wall0: float, mono0: float, wall1: float) -> list[tuple[float, str]]:
+    """(time on the run's monotonic clock, target) of every planned move (a rebalance
+    handover) the gateways' agents logged during the run."""
+    lo, hi, day0 = _seconds_of_day(wall0), _seconds_of_day(wall1), _seconds_of_day(wall0)
+    out = []
+    for node in GATEWAYS:
+        for t, line in _stamped(lab.log_path(node)):
+            match = PLANNED.search(line)
+            if t is not None and lo <= t <= hi and match:
+                out.append((mono0 + (t - day0), match.group(1)))
+    return sorted(out)
+
+
 def attach_logs(lab: Lab, anomalies: Sequence[Anomaly], wall0: float, mono0: float) -> None:
     for a in anomalies:
         wall = wall0 + (a.at - mono0)
@@ -623,7 +649,8 @@ def render(report: dict) -> str:
             f"  liveness                {s['heals_checked']} heals checked",
             f"  role changes            {len(s['role_changes'])}: "
             + ", ".join(f"{t:.1f}s {a}->{b}" for t, a, b in s["role_changes"][:12])
-            + (" ..." if len(s["role_changes"]) > 12 else "")]
+            + (" ..." if len(s["role_changes"]) > 12 else "")
+            + (f" ({s['planned_moves']} planned)" if s.get("planned_moves") else "")]
     p = s.get("agent_pauses")
     if p:
         out.append(f"  agent pauses            {p['count']} logged, max {p['max_ms']} ms, "
@@ -686,9 +713,11 @@ def run_chaos(minutes: float, seed: int, *, name: str = "chaos", topology: str |
         arp = [read_arp_log(p) for p in instruments.arp_logs if p.exists()]
         obs = Observations(start, min(end, time.monotonic()), instruments.sent, l2, arp,
                            chaos.bench.macs)
-        anomalies, summary = check(obs, chaos.episodes)
+        wall1 = wall0 + (obs.end - start)
+        anomalies, summary = check(obs, chaos.episodes,
+                                   planned=planned_moves(lab, wall0, start, wall1))
         attach_logs(lab, anomalies, wall0, start)
-        pauses = agent_pauses(lab, wall0, wall0 + (obs.end - start))
+        pauses = agent_pauses(lab, wall0, wall1)
         summary["agent_pauses"] = {"count": len(pauses), "max_ms": max(pauses, default=0),
                                    "over_fence_deadline": sum(
                                        1 for p in pauses if p > FENCE_MS)}

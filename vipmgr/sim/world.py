@@ -65,9 +65,12 @@ JITTER = Jitter()
 @dataclass(frozen=True)
 class _Records:
     """The eligibility records as a node's watch shows them (None: only recompute, e.g.
-    a holder changed or a gone node's hold-down ended)."""
+    a holder changed or a gone node's hold-down ended), at store revision ``rev``. A
+    watch delivers in revision order: a snapshot that arrives after a newer one (the
+    simulated delays reorder them) is stale and not applied."""
 
     nodes: frozenset[str] | None
+    rev: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class SimNode:
     stalled_until: float = 0.0
     stall_from: float = 0.0  # start of the current (possibly chained) stall
     stall_queue: list[tuple[object, tuple]] = field(default_factory=list)  # FIFO, see _stalled
+    records_rev: int = -1  # the newest placement records applied (see _Records)
 
     def local(self, t: float) -> float:
         return self.offset + t * self.rate
@@ -189,6 +193,7 @@ class World:
         # placement schedules: each agent's view, the records in etcd, the holders
         self.views: dict[str, NodePlacement] = {}
         self.records: set[str] = set()
+        self.records_rev = 0  # bumped on every record change
         self._holders: dict[str, str | None] = {}
         self._place_wakes: dict[str, tuple[int, float]] = {}
 
@@ -231,13 +236,14 @@ class World:
         node.elections = {}
         node.wakes = {}
         node.backlog = []
+        node.records_rev = -1
         self._log(node.name, "", f"process starts (incarnation {node.incarnation})")
         if self.s.placement:
             view = self.views[node.name] = NodePlacement(node.name, HOLD_DOWN, MOVE_SPACING)
             view.update(dict(self.members), {}, node.local(self.t))
             self._publish_record(node)
             self.at(self.t + self._etcd_delay(), self._deliver, node, "", None,
-                    _Records(frozenset(self.records)))  # the agent's first read
+                    _Records(frozenset(self.records), self.records_rev))  # the first read
         for gw in self.s.gateways:
             self._join(node, gw, self._membership(gw, node))
 
@@ -305,15 +311,16 @@ class World:
     def _current_holders(self) -> dict[str, str | None]:
         return {gw: self.etcd.view(self.keys[gw]).holder for gw in self.s.gateways}
 
-    def _place(self, node: SimNode, records: frozenset[str] | None) -> None:
+    def _place(self, node: SimNode, event: _Records) -> None:
         """The agent's _placement_apply: new records (or a holder change, or a hold-down
         ending) reach it; every member gets its priority and place in the queue."""
         view = self.views.get(node.name)
         if view is None:
             return
         now = node.local(self.t)
-        if records is not None:
-            view.records({n: b"{}" for n in records}, now)
+        if event.nodes is not None and event.rev > node.records_rev:
+            node.records_rev = event.rev
+            view.records({n: b"{}" for n in event.nodes}, now)
         view.update(dict(self.members), {}, now)
         holders = self._current_holders()
         for gw, el in list(node.elections.items()):
@@ -349,11 +356,12 @@ class World:
             self.records.add(name)
         else:
             self.records.discard(name)
+        self.records_rev += 1
         snapshot = frozenset(self.records)
         for dst in self.nodes:
             if dst.alive:
                 self.at(self.t + self._etcd_delay(), self._deliver, dst, "", None,
-                        _Records(snapshot))
+                        _Records(snapshot, self.records_rev))
 
     def _record_lapses(self, node: SimNode) -> None:
         """A crashed or frozen agent stops refreshing its status lease: the record goes
@@ -489,7 +497,7 @@ class World:
         elif isinstance(event, _Membership):
             self._relabel(node, gw, event)
         elif isinstance(event, _Records):
-            self._place(node, event.nodes)
+            self._place(node, event)
         else:
             self._handle(node, gw, event)
 
