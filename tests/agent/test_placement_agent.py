@@ -103,3 +103,9 @@ def test_members_not_yet_heard_from_count_for_the_hold_down_after_start():
         "and not expected again"
     p.records({"a": b"{}", "b": b"{}"}, 30.0)
     assert p.update(members, prios(gateways), 30.0) and p.share() == 3, "a late node counts at once"
+
+
+def test_explicit_priorities_opt_out_of_rebalance():
+    assert gw("g").failover.rebalances
+    assert not gw("g", priorities={"c": 250}).failover.rebalances
+    assert not gw("g", rebalance=False).failover.rebalances

@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from vipmgr.core.placement import (
-    PRIORITY_MAX, balanced_priority, balanced_tops, node_priority, ranked_nodes,
+    PRIORITY_MAX, balanced_tops, node_priority, ranked_nodes,
     rendezvous_priority,
 )
 
@@ -52,27 +52,6 @@ def test_plain_rendezvous_does_crowd_so_balancing_has_work_to_do():
     crowded = sum(len({ranked_nodes(f"gw-{t}-{g}", NODES[:3])[0] for g in range(2)}) < 2
                   for t in range(300))
     assert 60 < crowded < 140  # about one time in three
-
-
-def test_balanced_priorities_put_the_first_choice_on_top_and_keep_the_rest():
-    members = {f"gw-{g}": NODES for g in range(4)}
-    tops = balanced_tops(members)
-    for gw in members:
-        prios = {n: balanced_priority(gw, n, tops) for n in NODES}
-        assert prios[tops[gw]] == PRIORITY_MAX
-        assert ranked_nodes(gw, NODES, prios)[0] == tops[gw]
-        rest = [n for n in NODES if n != tops[gw]]
-        assert ranked_nodes(gw, rest, prios) == ranked_nodes(gw, rest)
-
-
-def test_balanced_keeps_explicit_priorities_and_counts_them():
-    natural = ranked_nodes("gw-a", NODES)
-    pinned = {"gw-a": {natural[-1]: 254}}
-    members = {"gw-a": NODES, "gw-b": NODES}
-    tops = balanced_tops(members, pinned)
-    assert tops["gw-a"] == natural[-1] and tops["gw-b"] != natural[-1]
-    assert balanced_priority("gw-a", natural[0], tops, pinned["gw-a"]) == \
-        node_priority("gw-a", natural[0], pinned["gw-a"])
 
 
 def test_balanced_tops_are_the_same_on_every_node():

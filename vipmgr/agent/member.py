@@ -110,7 +110,7 @@ class GatewayMember:
             gateway=gateway.name, node=ctx.node, members=members, priority=priority,
             timers=failover.timers, on_etcd_loss=failover.on_etcd_loss,
             preempt=failover.preempt, preempt_delay=failover.preempt_delay,
-            rebalance=failover.rebalance, hold_down=ctx.hold_down, move_delay=move_delay,
+            rebalance=failover.rebalances, hold_down=ctx.hold_down, move_delay=move_delay,
             first_choice=first_choice))
         self.executor = AuthorityExecutor(client, gateway.name, ctx.node, prefix=ctx.prefix,
                                           timeout=failover.timers.etcd_timeout,

@@ -79,7 +79,7 @@ def _chunk(args: tuple) -> Summary:
                    "the hold-down, one move at a time); checks that each gateway ends on "
                    "its first choice and no node holds more than ceil(G/N) once healed. "
                    "Schedules leave out priority changes.")
-@click.option("--unsafe", multiple=True, type=click.Choice(["challenge", "fence"]), hidden=True,
+@click.option("--unsafe", multiple=True, type=click.Choice(["challenge", "fence", "rebalance"]), hidden=True,
               help="Test only: disable one protection to show the checker catches it.")
 def sim(schedules: int, seed: int, nodes: str | None, gateways: str | None, jobs: int,
         replay: int | None, timer_pairs: tuple[str, ...], soak: float | None, down: int,

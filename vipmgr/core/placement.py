@@ -10,7 +10,7 @@ Independent rankings still put two gateways first on the same node by chance
 (one time in three for two gateways on three nodes). ``balanced_tops`` removes
 that: from the member sets alone (which every agent reads from the same store)
 it gives each gateway a first choice so that no node is first for more gateways
-than needed, and ``balanced_priority`` raises that node above every rendezvous
+than needed, and ``placement_priority`` raises that node above every rendezvous
 priority. Every node computes the same answer with no runtime coordination, so
 it also holds when all nodes start at once. Only the first choice moves; the
 rest of each ranking stays rendezvous.
@@ -75,14 +75,6 @@ def balanced_tops(members: Mapping[str, Iterable[str]],
         tops[gw] = top
         load[top] += 1
     return tops
-
-
-def balanced_priority(gateway: str, node: str, tops: Mapping[str, str],
-                      priorities: Mapping[str, int] | None = None) -> int:
-    """``node_priority`` with the balanced first choice (``balanced_tops``) on top."""
-    if priorities:
-        return node_priority(gateway, node, priorities)
-    return PRIORITY_MAX if tops.get(gateway) == node else rendezvous_priority(gateway, node)
 
 
 Choices = dict[str, tuple[str, ...]]  # gateway -> (first, second) choice, either may lack

@@ -164,6 +164,12 @@ class Failover:
     timers: Timers = field(default_factory=Timers)
     rebalance: bool = True   # back to the placement's first choice (docs/placement.md)
 
+    @property
+    def rebalances(self) -> bool:
+        """Explicit ``priorities`` opt a gateway out of placement, rebalance included:
+        its order is the user's, and taking the role back is ``preempt``'s business."""
+        return self.rebalance and not self.priorities
+
 
 FAILOVER_FIELDS = ("onEtcdLoss", "preempt", "preemptDelay", "vrid", "priorities", "timers",
                    "rebalance")

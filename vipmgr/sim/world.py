@@ -264,10 +264,11 @@ class World:
                              priority=placed.priority if placed else m.priority,
                              timers=self.timers, on_etcd_loss=self.s.policy,
                              preempt=self.s.preempt, preempt_delay=self.s.preempt_delay,
-                             rebalance=self.s.placement, hold_down=HOLD_DOWN,
+                             rebalance=self.s.placement and "rebalance" not in self.unsafe,
+                             hold_down=HOLD_DOWN,
                              move_delay=placed.move_delay if placed else 0.0,
                              first_choice=placed.first_choice if placed else None,
-                             unsafe=self.unsafe)
+                             unsafe=self.unsafe - {"rebalance"})  # that one is ours
         node.elections[gw] = Election(cfg)
         # Eligibility first, so even the advert sent at Start tells the truth (peers
         # rank only eligible nodes).
