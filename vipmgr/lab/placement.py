@@ -166,7 +166,10 @@ class PlacementBench:
 
     def step(self, name: str, change: Callable[[], None], eligible: list[str],
              expect_gateways: int) -> StepResult:
-        """Make ``change``, then poll until settled; the figures of the step."""
+        """Make ``change``, then poll until settled — no pending move in the agents' view
+        and the spread within ⌈G/N⌉ over ``eligible`` (a restarted agent's share reads
+        0 until its record is seen: the agents' view alone would settle too early);
+        the figures of the step."""
         while not self._views.empty():  # views from before the change
             self._views.get_nowait()
         before = self.poll()
@@ -174,6 +177,12 @@ class PlacementBench:
         change()
         holders = dict(before.holders) if before else {}
         moves, served_at, settled_at, last = 0, None, None, before
+        bound = math.ceil(expect_gateways / max(1, len(eligible)))
+
+        def within(loads: dict[str, int]) -> bool:
+            return all(loads.get(n, 0) <= bound for n in eligible) \
+                and not any(loads.get(n, 0) for n in GATEWAYS if n not in eligible)
+
         while time.monotonic() - t0 < SETTLE_TIMEOUT + self.hold_down:
             spread = self.poll()
             if spread is None:
@@ -185,16 +194,15 @@ class PlacementBench:
             if served_at is None and len(spread.holders) == expect_gateways \
                     and all(n in eligible for n in spread.holders.values()):
                 served_at = time.monotonic() - t0
-            if spread.settled and len(spread.holders) == expect_gateways:
+            if spread.settled and len(spread.holders) == expect_gateways \
+                    and within(spread.loads()):
                 settled_at = time.monotonic() - t0
                 break
         loads = last.loads() if last else {}
-        bound = math.ceil(expect_gateways / max(1, len(eligible)))
         result = StepResult(name, None if served_at is None else round(served_at, 3),
                             None if settled_at is None else round(settled_at, 2), moves,
                             {n: loads.get(n, 0) for n in GATEWAYS}, eligible, bound,
-                            all(loads.get(n, 0) <= bound for n in eligible)
-                            and not any(loads.get(n, 0) for n in GATEWAYS if n not in eligible))
+                            within(loads))
         self.results.append(result)
         self.say(result.line())
         return result
