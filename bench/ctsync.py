@@ -36,8 +36,8 @@ import sys
 import time
 
 from vipmgr.agent.ctsync import ConntrackSync, NullSyncMetrics, SyncGateway
-from vipmgr.dataplane.ctsync import (NETLINK_NETFILTER, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
-                                     UDP, Flow, create_message)
+from vipmgr.dataplane.ctsync import UDP, Flow, create_message
+from vipmgr.dataplane.netlink import NETLINK_NETFILTER, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
 from vipmgr.dataplane.kernel import NetnsThread
 from vipmgr.lab.netns import NetnsLab, netns_supported
 from vipmgr.wire.keys import KeyRing

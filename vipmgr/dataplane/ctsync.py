@@ -27,25 +27,19 @@ selected traffic); ICMP echo flows are not replicated (a lost ping is resent).
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping
 
-from vipmgr.dataplane.kernel import KernelError
+from vipmgr.dataplane import netlink as nl
+from vipmgr.dataplane.netlink import NLA_TYPE_MASK
 
-NETLINK_NETFILTER = 12
-NLM_F_REQUEST, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x200, 0x400, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLA_F_NESTED = 0x8000
-NLA_TYPE_MASK = 0x3FFF
 NFNL_SUBSYS_CTNETLINK = 1
 CT_NEW = (NFNL_SUBSYS_CTNETLINK << 8) | 0
 CT_GET = (NFNL_SUBSYS_CTNETLINK << 8) | 1
 CT_DELETE = (NFNL_SUBSYS_CTNETLINK << 8) | 2
 NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY = 1, 3
-SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NETLINK_NO_ENOBUFS = 270, 1, 5
 
 # ctattr_type
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO = 1, 2, 3, 4
@@ -71,9 +65,8 @@ INJECT_TIMEOUT = {TCP: 300, UDP: 120}
 TIMEOUT = 5.0  # s: a dump that stalls this long is an error
 CHUNK = 128  # create messages per send(): their error answers always fit the receive buffer
 
-_HDR = struct.Struct("=IHHII")
-_NLA = struct.Struct("=HH")
-_NFGEN_V4 = struct.pack("=BBH", socket.AF_INET, 0, 0)
+_NFGEN_V4 = nl.nfgenmsg(socket.AF_INET)
+_BODY = nl.HEADER.size + len(_NFGEN_V4)  # where a ct message's attributes start
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +138,7 @@ def inject_state(flow: Flow) -> int | None:
 # the active reads two messages per flow). Attribute headers are host-endian, values
 # big-endian: ports and u32s are packed through htons/htonl in native order.
 
-_NEST = NLA_F_NESTED
+_NEST = nl.NLA_F_NESTED
 _TUPLE_FMT = "HH" "HH" "HH4s" "HH4s" "HH" "HHB3x" "HHH2x" "HHH2x"   # 52 bytes
 _TUPLE = struct.Struct("=" + _TUPLE_FMT)
 _NAT_FMT = "HH" "HH4s" "HH4s" "HH" "HHH2x" "HHH2x"                  # 40 bytes
@@ -198,16 +191,6 @@ def create_message(seq: int, flags: int, vip: bytes, flow: Flow, state: int,
 # --- netlink decoding ---------------------------------------------------------------
 
 
-def _attrs(buf: bytes, off: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(type, payload start, payload end) of each attribute in ``buf[off:end]``."""
-    while off + 4 <= end:
-        length, kind = _NLA.unpack_from(buf, off)
-        if length < 4:
-            return
-        yield kind & NLA_TYPE_MASK, off + 4, off + length
-        off += (length + 3) & ~3
-
-
 def _fixed_tuple(buf: bytes, off: int, kind: int) -> tuple[bytes, bytes, int, int, int] | None:
     """The tuple at ``off`` if it has the kernel's usual IPv4 layout (no zone inside)."""
     if len(buf) < off + _TUPLE_LEN:
@@ -224,15 +207,15 @@ def _fixed_tuple(buf: bytes, off: int, kind: int) -> tuple[bytes, bytes, int, in
 def _parse_tuple(buf: bytes, off: int, end: int) -> tuple[bytes, bytes, int, int, int]:
     src = dst = b""
     proto = sport = dport = 0
-    for kind, a, b in _attrs(buf, off, end):
+    for kind, a, b in nl.attrs(buf, off, end):
         if kind == CTA_TUPLE_IP:
-            for k, x, y in _attrs(buf, a, b):
+            for k, x, y in nl.attrs(buf, a, b):
                 if k == CTA_IP_V4_SRC:
                     src = buf[x:y]
                 elif k == CTA_IP_V4_DST:
                     dst = buf[x:y]
         elif kind == CTA_TUPLE_PROTO:
-            for k, x, y in _attrs(buf, a, b):
+            for k, x, y in nl.attrs(buf, a, b):
                 if k == CTA_PROTO_NUM:
                     proto = buf[x]
                 elif k == CTA_PROTO_SRC_PORT:
@@ -260,7 +243,7 @@ def parse_entry(buf: bytes, off: int, end: int, vips: Mapping[bytes, str],
     vip = vips.get(reply[1])
     if vip is None or reply[1] == orig[0]:
         return None
-    if rest + 4 <= end and _NLA.unpack_from(buf, rest)[1] & NLA_TYPE_MASK == CTA_ZONE:
+    if rest + 4 <= end and nl.ATTR.unpack_from(buf, rest)[1] & NLA_TYPE_MASK == CTA_ZONE:
         return None
     src, dst, proto, sport, dport = orig
     if proto != TCP and proto != UDP:
@@ -271,11 +254,11 @@ def parse_entry(buf: bytes, off: int, end: int, vips: Mapping[bytes, str],
 
 
 def _tcp_state(buf: bytes, off: int, end: int) -> int:
-    for kind, a, b in _attrs(buf, off, end):
+    for kind, a, b in nl.attrs(buf, off, end):
         if kind == CTA_PROTOINFO:
-            for k, x, y in _attrs(buf, a, b):
+            for k, x, y in nl.attrs(buf, a, b):
                 if k == CTA_PROTOINFO_TCP:
-                    for k2, x2, _y2 in _attrs(buf, x, y):
+                    for k2, x2, _y2 in nl.attrs(buf, x, y):
                         if k2 == CTA_PROTOINFO_TCP_STATE:
                             return buf[x2]
     return 0
@@ -285,7 +268,7 @@ def _parse_any_layout(buf: bytes, off: int, end: int, vips: Mapping[bytes, str]
                       ) -> tuple[str, Flow] | None:
     """``parse_entry`` for a message whose tuples are not in the usual layout."""
     orig = reply = None
-    for kind, a, b in _attrs(buf, off, end):
+    for kind, a, b in nl.attrs(buf, off, end):
         if kind == CTA_TUPLE_ORIG:
             orig = _parse_tuple(buf, a, b)
         elif kind == CTA_TUPLE_REPLY:
@@ -306,60 +289,21 @@ def vip_keys(vips: Iterable[str]) -> dict[bytes, str]:
     return {socket.inet_aton(v): v for v in vips}
 
 
-def _messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
-    """(type, flags, seq, offset of the body after nfgenmsg, end) per netlink message."""
-    off = 0
-    while off + _HDR.size <= len(data):
-        length, kind, flags, seq, _pid = _HDR.unpack_from(data, off)
-        if length < _HDR.size:
-            return
-        yield kind, flags, seq, off, off + length
-        off += (length + 3) & ~3
-
-
-def _netlink_socket(groups: int = 0, rcvbuf: int = 0) -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    try:
-        if rcvbuf:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE (CAP_NET_ADMIN)
-            except PermissionError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.bind((0, groups))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-class CtSocket:
+class CtSocket(nl.NetlinkSocket):
     """Dump and create conntrack entries; open and use it on one thread (of the namespace)."""
 
     def __init__(self) -> None:
-        self._sock = _netlink_socket(rcvbuf=4 << 20)
-        self._sock.settimeout(TIMEOUT)
-        self._seq = 0
-
-    def _header(self, kind: int, flags: int, body_len: int) -> bytes:
-        self._seq += 1
-        return _HDR.pack(_HDR.size + 4 + body_len, kind, flags, self._seq, 0) + _NFGEN_V4
+        super().__init__(nl.NETLINK_NETFILTER, rcvbuf=4 << 20, timeout=TIMEOUT)
 
     def dump(self, vips: Iterable[str]) -> dict[str, list[Flow]]:
         """Every entry SNATed to one of ``vips``, per VIP (one walk of the table)."""
         want: dict[str, list[Flow]] = {v: [] for v in vips}
         keys = vip_keys(want)
-        self._sock.send(self._header(CT_GET, NLM_F_REQUEST | NLM_F_DUMP, 0))
-        while True:
-            data = self._sock.recv(1 << 20)
-            for kind, _flags, _seq, off, end in _messages(data):
-                if kind == NLMSG_DONE:
-                    return want
-                if kind == NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", data, off + _HDR.size)[0]
-                    raise KernelError(f"conntrack dump failed: {os.strerror(err)}")
-                got = parse_entry(data, off + _HDR.size + 4, end, keys, with_state=True)
-                if got is not None:
-                    want[got[0]].append(got[1])
+        for _kind, data, off, end in self.dump_messages(CT_GET, _NFGEN_V4, "conntrack dump"):
+            got = parse_entry(data, off + _BODY, end, keys, with_state=True)
+            if got is not None:
+                want[got[0]].append(got[1])
+        return want
 
     def inject(self, vip: str, flows: Iterable[Flow], timeout: int | None = None
                ) -> InjectResult:
@@ -373,14 +317,13 @@ class CtSocket:
         result = InjectResult()
         batch: list[bytes] = []
         addr = socket.inet_aton(vip)
-        flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL
+        flags = nl.NLM_F_REQUEST | nl.NLM_F_CREATE | nl.NLM_F_EXCL
         for flow in flows:
             state = inject_state(flow)
             if state is None:
                 result.skipped += 1
                 continue
-            self._seq += 1
-            batch.append(create_message(self._seq, flags, addr, flow, state, timeout))
+            batch.append(create_message(self.next_seq(), flags, addr, flow, state, timeout))
             if len(batch) == CHUNK:
                 self._send_batch(batch, result)
                 batch = []
@@ -389,33 +332,17 @@ class CtSocket:
         return result
 
     def _send_batch(self, batch: list[bytes], result: InjectResult) -> None:
-        self._sock.send(b"".join(batch))
-        failed = 0
-        self._sock.setblocking(False)
-        while True:
-            try:
-                data = self._sock.recv(1 << 16)
-            except BlockingIOError:
-                self._sock.settimeout(TIMEOUT)
-                break
-            for kind, _flags, _seq, off, _end in _messages(data):
-                if kind != NLMSG_ERROR:
-                    continue
-                err = -struct.unpack_from("=i", data, off + _HDR.size)[0]
-                if err == 0:
-                    continue
-                failed += 1
-                if err == errno.EEXIST:
-                    result.existed += 1
-                else:
-                    result.add_failure(err)
-        result.created += len(batch) - failed
-
-    def close(self) -> None:
-        self._sock.close()
+        self.send(b"".join(batch))
+        errors = self.drain_errors("conntrack inject")
+        for _seq, err in errors:
+            if err == errno.EEXIST:
+                result.existed += 1
+            else:
+                result.add_failure(err)
+        result.created += len(batch) - len(errors)
 
 
-class CtEvents:
+class CtEvents(nl.NetlinkSocket):
     """NEW and DESTROY events of SNATed flows, read without blocking.
 
     Open it on a thread of the namespace; ``fileno()`` suits ``loop.add_reader``.
@@ -427,11 +354,8 @@ class CtEvents:
 
     def __init__(self, rcvbuf: int = 8 << 20) -> None:
         groups = (1 << (NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1))
-        self._sock = _netlink_socket(groups, rcvbuf)
+        super().__init__(nl.NETLINK_NETFILTER, groups, rcvbuf)
         self._sock.setblocking(False)
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
 
     def read(self, vips: Mapping[bytes, str]) -> tuple[dict[str, list[bytes]], bool]:
         """(wire records per VIP of the flows SNATed to one of ``vips`` (see ``vip_keys``),
@@ -454,11 +378,11 @@ class CtEvents:
                     raise
                 overrun = True
                 continue
-            for kind, _flags, _seq, off, end in _messages(data):
+            for kind, _flags, _seq, off, end in nl.messages(data):
                 if kind != CT_NEW and kind != CT_DELETE:
                     continue
                 ended = ENDED if kind == CT_DELETE else 0
-                body = off + _HDR.size + 4
+                body = off + _BODY
                 orig = _fixed_tuple(data, body, CTA_TUPLE_ORIG)
                 reply = _fixed_tuple(data, body + _TUPLE_LEN, CTA_TUPLE_REPLY) if orig else None
                 if reply is None:
@@ -470,7 +394,7 @@ class CtEvents:
                 rest = body + 2 * _TUPLE_LEN
                 if (vip is None or reply[1] == orig[0] or orig[2] not in (TCP, UDP)
                         or rest + 4 <= end
-                        and _NLA.unpack_from(data, rest)[1] & NLA_TYPE_MASK == CTA_ZONE):
+                        and nl.ATTR.unpack_from(data, rest)[1] & NLA_TYPE_MASK == CTA_ZONE):
                     continue
                 out.setdefault(vip, []).append(
                     pack(orig[2] | ended, 0, orig[0], orig[1], orig[3], orig[4], reply[4]))

@@ -21,18 +21,14 @@ existing element).
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 
 from vipmgr.dataplane import layout as L
+from vipmgr.dataplane import netlink as nl
 from vipmgr.dataplane.kernel import KernelError, NftMissing
 from vipmgr.dataplane.nftstate import ArmTarget
 
-NETLINK_NETFILTER = 12
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_CREATE = 0x1, 0x4, 0x300, 0x400
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLA_F_NESTED = 0x8000
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWSETELEM = (NFNL_SUBSYS_NFTABLES << 8) | 12
@@ -48,51 +44,39 @@ DATA_VALUE = 1
 OBJ_TABLE, OBJ_NAME, OBJ_TYPE, OBJ_DATA = 1, 2, 3, 4
 OBJECT_COUNTER = 1
 COUNTER_PACKETS = 2
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    pad = (4 - len(payload) % 4) % 4
-    return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * pad
-
-
-def _nested(kind: int, *attrs: bytes) -> bytes:
-    return _attr(kind | NLA_F_NESTED, b"".join(attrs))
+TIMEOUT = 2.0  # s: nf_tables answers while send() runs; silence this long is an error
 
 
 def _element(key: bytes, timeout_ms: int | None) -> bytes:
-    attrs = [_nested(SET_ELEM_KEY, _attr(DATA_VALUE, key))]
+    attrs = [nl.nested(SET_ELEM_KEY, nl.attr(DATA_VALUE, key))]
     if timeout_ms is not None:
-        attrs += [_attr(SET_ELEM_TIMEOUT, struct.pack(">Q", timeout_ms)),
-                  _attr(SET_ELEM_EXPIRATION, struct.pack(">Q", timeout_ms))]
-    return _nested(LIST_ELEM, *attrs)
+        attrs += [nl.attr(SET_ELEM_TIMEOUT, struct.pack(">Q", timeout_ms)),
+                  nl.attr(SET_ELEM_EXPIRATION, struct.pack(">Q", timeout_ms))]
+    return nl.nested(LIST_ELEM, *attrs)
 
 
-class ArmSocket:
+class ArmSocket(nl.NetlinkSocket):
     """A NETLINK_NETFILTER socket for refresh batches; open and use it on one thread."""
 
     def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        self._sock.bind((0, 0))
-        self._sock.settimeout(2.0)
-        self._seq = 0
+        super().__init__(nl.NETLINK_NETFILTER, timeout=TIMEOUT)
 
     def _msg(self, kind: int, flags: int, family: int, res_id: int, body: bytes) -> bytes:
-        self._seq += 1
-        payload = struct.pack("=BBH", family, 0, socket.htons(res_id)) + body
-        return struct.pack("=IHHII", 16 + len(payload), kind, flags, self._seq, 0) + payload
+        return self.request(kind, flags, nl.nfgenmsg(family, res_id) + body)
 
     def _set_elem(self, kind: int, family: int, set_name: str, element: bytes) -> bytes:
-        flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE if kind == NFT_MSG_NEWSETELEM else 0)
-        body = (_attr(SET_ELEM_LIST_TABLE, L.TABLE.encode() + b"\0")
-                + _attr(SET_ELEM_LIST_SET, set_name.encode() + b"\0")
-                + _nested(SET_ELEM_LIST_ELEMENTS, element))
+        flags = (nl.NLM_F_REQUEST | nl.NLM_F_ACK
+                 | (nl.NLM_F_CREATE if kind == NFT_MSG_NEWSETELEM else 0))
+        body = (nl.attr(SET_ELEM_LIST_TABLE, L.TABLE.encode() + b"\0")
+                + nl.attr(SET_ELEM_LIST_SET, set_name.encode() + b"\0")
+                + nl.nested(SET_ELEM_LIST_ELEMENTS, element))
         return self._msg(kind, flags, family, 0, body)
 
     def refresh(self, target: ArmTarget, ms: int) -> None:
         """Run ``target``'s refresh transaction for ``ms``; NftMissing when the guard fails."""
         egress = _element(socket.inet_aton(target.egress_ip), None)
         egress_set = L.gateway_egress(target.gateway)
-        begin = self._msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES, b"")
+        begin = self._msg(NFNL_MSG_BATCH_BEGIN, nl.NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES, b"")
         msgs = [self._set_elem(NFT_MSG_DELSETELEM, NFPROTO_INET, egress_set, egress),
                 self._set_elem(NFT_MSG_NEWSETELEM, NFPROTO_INET, egress_set, egress),
                 self._set_elem(NFT_MSG_NEWSETELEM, NFPROTO_INET, L.gateway_armed(target.gateway),
@@ -100,9 +84,9 @@ class ArmSocket:
         if target.vip:
             msgs.append(self._set_elem(NFT_MSG_NEWSETELEM, NFPROTO_ARP, L.ARP_ARMED,
                                        _element(socket.inet_aton(target.egress_ip), ms)))
-        end = self._msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES, b"")
-        self._sock.send(b"".join([begin, *msgs, end]))
-        self._await_acks(range(self._seq - len(msgs), self._seq), target)
+        end = self._msg(NFNL_MSG_BATCH_END, nl.NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES, b"")
+        self.send(b"".join([begin, *msgs, end]))
+        self._await_acks(range(self.seq - len(msgs), self.seq), target)
 
     def _await_acks(self, seqs: range, target: ArmTarget) -> None:
         # the kernel answers while processing send(): everything is queued already, but an
@@ -110,83 +94,46 @@ class ArmSocket:
         pending, failure = set(seqs), 0
         while pending:
             try:
-                data = self._sock.recv(65536, socket.MSG_DONTWAIT if failure else 0)
-            except BlockingIOError:
-                break
+                data = self.recv_nowait() if failure else self._sock.recv(65536)
             except socket.timeout as exc:
                 raise KernelError(f"dead-man refresh of {target.gateway}: no answer from "
                                   "nf_tables") from exc
-            offset = 0
-            while offset + 16 <= len(data):
-                length, kind, _, seq, _ = struct.unpack_from("=IHHII", data, offset)
-                if kind == NLMSG_ERROR and seq in pending:
+            if data is None:
+                break
+            for kind, _flags, seq, off, _end in nl.messages(data):
+                if kind == nl.NLMSG_ERROR and seq in pending:
                     pending.discard(seq)
-                    (code,) = struct.unpack_from("=i", data, offset + 16)
-                    failure = failure or -code
-                offset += (length + 3) & ~3
+                    failure = failure or nl.error_code(data, off)
         if failure == errno.ENOENT:
             raise NftMissing(f"dead-man refresh of {target.gateway}: not active in the kernel")
         if failure:
-            raise KernelError(f"dead-man refresh of {target.gateway}: {os.strerror(failure)}")
-
-    def close(self) -> None:
-        self._sock.close()
+            raise nl.NetlinkError(f"dead-man refresh of {target.gateway}", failure)
 
 
-def _attrs(data: bytes, offset: int, end: int) -> dict[int, bytes]:
-    """Netlink attributes in ``data[offset:end]`` by type (nested flag dropped)."""
-    out = {}
-    while offset + 4 <= end:
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4:
-            break
-        out[kind & ~NLA_F_NESTED] = data[offset + 4:offset + length]
-        offset += (length + 3) & ~3
-    return out
-
-
-class CounterReader:
+class CounterReader(nl.NetlinkSocket):
     """Packets of every named counter in ``table inet vipmgr``, by one netlink dump (~50 µs).
 
     Open and use it on one thread."""
 
     def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        self._sock.bind((0, 0))
-        self._sock.settimeout(2.0)
-        self._seq = 0
+        super().__init__(nl.NETLINK_NETFILTER, timeout=TIMEOUT)
 
     def packets(self) -> dict[str, int]:
         """Counter name -> packets; empty when the table does not exist."""
-        self._seq += 1
-        body = (struct.pack("=BBH", NFPROTO_INET, 0, 0)
-                + _attr(OBJ_TABLE, L.TABLE.encode() + b"\0")
-                + _attr(OBJ_TYPE, struct.pack(">I", OBJECT_COUNTER)))
-        self._sock.send(struct.pack("=IHHII", 16 + len(body), NFT_MSG_GETOBJ,
-                                    NLM_F_REQUEST | NLM_F_DUMP, self._seq, 0) + body)
+        body = (nl.nfgenmsg(NFPROTO_INET)
+                + nl.attr(OBJ_TABLE, L.TABLE.encode() + b"\0")
+                + nl.attr(OBJ_TYPE, struct.pack(">I", OBJECT_COUNTER)))
         out: dict[str, int] = {}
-        while True:
-            try:
-                data = self._sock.recv(65536)
-            except socket.timeout as exc:
-                raise KernelError("reading the nft counters: no answer from nf_tables") from exc
-            offset = 0
-            while offset + 16 <= len(data):
-                length, kind, _, seq, _ = struct.unpack_from("=IHHII", data, offset)
-                if seq == self._seq:
-                    if kind == NLMSG_DONE:
-                        return out
-                    if kind == NLMSG_ERROR:
-                        (code,) = struct.unpack_from("=i", data, offset + 16)
-                        if -code == errno.ENOENT:
-                            return {}
-                        raise KernelError(f"reading the nft counters: {os.strerror(-code)}")
-                    if kind == NFT_MSG_NEWOBJ:
-                        attrs = _attrs(data, offset + 20, offset + length)
-                        name = attrs[OBJ_NAME].rstrip(b"\0").decode()
-                        counter = _attrs(attrs[OBJ_DATA], 0, len(attrs[OBJ_DATA]))
-                        out[name] = struct.unpack(">Q", counter[COUNTER_PACKETS])[0]
-                offset += (length + 3) & ~3
-
-    def close(self) -> None:
-        self._sock.close()
+        try:
+            for kind, data, off, end in self.dump_messages(NFT_MSG_GETOBJ, body,
+                                                           "reading the nft counters"):
+                if kind == NFT_MSG_NEWOBJ:
+                    attrs = nl.attr_map(data, off + nl.HEADER.size + 4, end)
+                    counter = nl.attr_map(attrs[OBJ_DATA], 0, len(attrs[OBJ_DATA]))
+                    name = attrs[OBJ_NAME].rstrip(b"\0").decode()
+                    out[name] = struct.unpack(">Q", counter[COUNTER_PACKETS])[0]
+        except nl.NetlinkError as exc:
+            if exc.errno == errno.ENOENT:
+                return {}
+            raise
+        return out
