@@ -119,12 +119,12 @@ def test_steering_flush_waits_for_a_pause_in_the_reconciles_but_not_forever(netn
     """The background conntrack dump must not overlap a burst of commits (it slows them),
     and must still run when the changes never pause."""
     from vipmgr.dataplane.conntrack import FlowFlush
-    from vipmgr.dataplane.reconcile import _SteerFlusher
+    from vipmgr.dataplane.reconcile import _DeferredFlusher
 
     ns = netns_lab.add("ct")
     spec = [FlowFlush("egw", "steer", frozenset({VM1}), ("203.0.113.0/24",))]
     idle = [0.0]  # seconds the kernel thread has been idle: 0 = a reconcile is running
-    flusher = _SteerFlusher(ns.name, lambda: idle[0])
+    flusher = _DeferredFlusher(ns.name, lambda: idle[0])
     try:
         waiting = flusher.add(spec)
         time.sleep(0.4)
@@ -135,7 +135,7 @@ def test_steering_flush_waits_for_a_pause_in_the_reconciles_but_not_forever(netn
         idle[0] = 0.0
         started = time.monotonic()
         assert flusher.add(spec).result(5) == {("egw", "steer"): 0}
-        assert _SteerFlusher.MAX_DEFER <= time.monotonic() - started < _SteerFlusher.MAX_DEFER + 1
+        assert _DeferredFlusher.MAX_DEFER <= time.monotonic() - started < _DeferredFlusher.MAX_DEFER + 1
     finally:
         flusher.close()
 

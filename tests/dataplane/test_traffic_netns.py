@@ -166,13 +166,41 @@ def test_failover_flushes_only_that_gateways_flows(world):
         assert {own, natted} <= entries(ga_ns)
 
         report = ga.reconcile(plan_for("ga", {"egw": "gb"}, gateways=gws))
-        assert report.conntrack_deleted == {("egw", "leave"): 1}
+        # ga is still a member (its gate drops the flow): the leave waits for a pause
+        assert report.conntrack_deleted == {} and report.deferred_flush is not None
+        assert report.deferred_flush.result(5) == {("egw", "leave"): 1}
         assert own in entries(ga_ns) and natted not in entries(ga_ns)
         report = gb.reconcile(plan_for("gb", {"egw": "gb"}, gateways=gws), arm=True)
         assert report.conntrack_deleted == {("egw", "take"): 1}
         assert entries(gb_ns) == {(VM2, SERVICE, VM2)}
         w.reconcile(plan_for("w", {"egw": "gb"}, gateways=gws))
         assert world.udp("vm1", range(3, 5)) == ["192.0.2.12"] * 2
+
+
+def test_deferred_leave_flush_is_dropped_by_a_retake_and_run_at_once_by_a_departure(world):
+    """The leave flush of a gateway the node still gates waits in the background; taking
+    the gateway back before it ran keeps the entries (they are live flows again), and
+    ceasing to be a member runs it inside that reconcile (no gate drops them any more)."""
+    gws = [gateway()]  # VirtualIPAddress: a take keeps the entries SNATed to the VIP
+    ga_ns = world["ga"]
+    natted = (VM1, SERVICE, VIP)
+    with Dataplane(ga_ns.name, LONG) as ga, Dataplane(world["w"].name, LONG) as w:
+        ga.reconcile(plan_for("ga", {"egw": "ga"}, gateways=gws), arm=True)
+        w.reconcile(plan_for("w", {"egw": "ga"}, gateways=gws))
+        assert world.udp("vm1", range(1, 3)) == [VIP] * 2
+        assert natted in entries(ga_ns)
+
+        left = ga.reconcile(plan_for("ga", {"egw": "gb"}, gateways=gws))
+        back = ga.reconcile(plan_for("ga", {"egw": "ga"}, gateways=gws), arm=True)
+        assert left.deferred_flush.result(5) == {}
+        assert back.conntrack_deleted.get(("egw", "leave"), 0) == 0
+        assert natted in entries(ga_ns), "a re-take lost its flows to a stale leave flush"
+        assert world.udp("vm1", range(3, 5)) == [VIP] * 2
+
+        ga.reconcile(plan_for("ga", {"egw": "gb"}, gateways=gws))
+        gone = ga.reconcile(plan_for("ga", {}, gateways=[gateway("other")]))
+        assert gone.conntrack_deleted == {("egw", "leave"): 1}
+        assert natted not in entries(ga_ns)
 
 
 def test_deadman_frozen_holder_stops_snat_and_arp(world, tmp_path: Path):
@@ -228,7 +256,7 @@ def test_newly_steered_vm_loses_its_masqueraded_flows_one_dump_per_burst(world):
         first = w.reconcile(plan_for("w", {"egw": "ga"}))
         second = w.reconcile(plan_for("w", {"egw": "ga"}, policies=[
             policy(), policy("pol2", app="frontend")]))
-        assert first.steer_flush is second.steer_flush is not None
-        assert first.steer_flush.result(5) == {("egw", "steer"): 1}
+        assert first.deferred_flush is second.deferred_flush is not None
+        assert first.deferred_flush.result(5) == {("egw", "steer"): 1}
         assert (VM1, SERVICE, WORKER_UPLINK) not in entries(w_ns)
         assert world.udp("vm1", range(3, 5)) == [VIP] * 2

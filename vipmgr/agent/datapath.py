@@ -56,6 +56,7 @@ class NodeDatapath:
         self._generation = 0   # bumped by every serve/withdraw
         self._applied = 0      # the generation the kernel reflects
         self._applied_event = asyncio.Event()
+        self._deferred_flush = None  # the background flush whose counts are hooked already
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
 
@@ -224,12 +225,27 @@ class NodeDatapath:
             sources = sum(len(s.sources) for s in gw.selections)
             cidrs = sum(len(s.cidrs) for s in gw.selections)
             self.metrics.snat_sets(gw.name, sources, cidrs)
-        for (gateway, reason), count in report.conntrack_deleted.items():
-            self.metrics.conntrack_entries_deleted(gateway, count, reason=reason)
+        self._count_deleted(report.conntrack_deleted)
+        if report.deferred_flush is not None and report.deferred_flush is not self._deferred_flush:
+            # one future serves a burst of reconciles: count its result once
+            self._deferred_flush = report.deferred_flush
+            report.deferred_flush.add_done_callback(self._deferred_done)
         vip_owner = {(g.active.interface, g.active.egress_ip): g.name
                      for g in plan.active if g.active is not None}
         for future in report.announcements:
             future.add_done_callback(lambda f: self._garp_done(f, vip_owner))
+
+    def _count_deleted(self, deleted: Mapping[tuple[str, str], int]) -> None:
+        for (gateway, reason), count in deleted.items():
+            self.metrics.conntrack_entries_deleted(gateway, count, reason=reason)
+
+    def _deferred_done(self, future) -> None:
+        """Runs on the flusher's thread: count what it deleted (metrics are thread-safe)."""
+        exc = future.exception()
+        if exc is not None:
+            LOG.warning(f"deferred conntrack deletion failed: {exc}", extra={"node": self.node})
+            return
+        self._count_deleted(future.result())
 
     def read_drops(self) -> None:
         """Periodic: the kernel's drop counters into ``vipmgr_dropped_packets_total``.

@@ -67,7 +67,9 @@ class Report:
     changes: list[str] = field(default_factory=list)
     armed: dict[str, int] = field(default_factory=dict)  # gateway -> ms its dead-man was set to
     conntrack_deleted: dict[conntrack.FlushKey, int] = field(default_factory=dict)
-    steer_flush: "concurrent.futures.Future[dict[conntrack.FlushKey, int]] | None" = \
+    # the background deletion serving this reconcile's deferred flushes (steered VMs,
+    # gateways left while still a member): see _DeferredFlusher
+    deferred_flush: "concurrent.futures.Future[dict[conntrack.FlushKey, int]] | None" = \
         field(default=None, repr=False)
     announcements: list["concurrent.futures.Future[garp.Announcement]"] = \
         field(default_factory=list, repr=False)
@@ -144,7 +146,7 @@ class Dataplane:
         # the kernel thread's activity, written there, read by the steering flusher
         self._busy = False
         self._last_done = time.monotonic()
-        self._steer_flusher = _SteerFlusher(netns, self._idle_for)
+        self._deferred = _DeferredFlusher(netns, self._idle_for)
         # the dead-man refresh has its own thread and nft context: it never queues behind
         # a reconcile (only behind the kernel's commit of another transaction)
         self._arming = NetnsThread(netns, "vipmgr-dp-arm")
@@ -239,7 +241,13 @@ class Dataplane:
         report = Report()
         want_nft = nftstate.desired(plan)
         want_addrs, want_routes, want_rules = desired_routes(plan)
-        flushes, steer_flushes = _conntrack_flushes(plan, have.nft, self._plan)
+        flushes, deferred = _conntrack_flushes(plan, have.nft, self._plan)
+        # a deferred leave flush must not outlive what made it harmless: dropped when the
+        # gateway is served here again (its entries are live flows once more), run now
+        # when the node stops being a member (no gate drops its flows any more)
+        flushes += self._deferred.withdraw(
+            serving={(gw.name, gw.active.egress_ip) for gw in plan.active if gw.active},
+            members={gw.name for gw in plan.gateways})
 
         ifindex = {}
         for ifname, ip in sorted(have.addresses - want_addrs):
@@ -268,10 +276,17 @@ class Dataplane:
         if lines:
             self._nft.run("\n".join(lines) + "\n")
         report.changes += batch.changes
+        # armed from here: announce the new VIPs now, not after the conntrack work below
+        for gw in plan.active:
+            role = gw.active
+            if role is not None and (role.interface, role.egress_ip) in added_vips:
+                report.announcements.append(self._background.submit(
+                    garp.announce, role.interface, role.egress_ip, role.garp.count,
+                    role.garp.interval))
 
         report.conntrack_deleted = conntrack.delete_matching(self._ct, flushes)
-        if steer_flushes:
-            report.steer_flush = self._steer_flusher.add(steer_flushes)
+        if deferred:
+            report.deferred_flush = self._deferred.add(deferred)
 
         for rule in sorted(have.rules - want_rules):
             self._rule("del", rule)
@@ -283,12 +298,6 @@ class Dataplane:
         self._plan = plan
         self._known = KernelState(_as_observed(have.nft, want_nft), want_addrs, want_routes,
                                   want_rules)
-        for gw in plan.active:
-            role = gw.active
-            if role is not None and (role.interface, role.egress_ip) in added_vips:
-                report.announcements.append(self._background.submit(
-                    garp.announce, role.interface, role.egress_ip, role.garp.count,
-                    role.garp.interval))
         return report
 
     def _addr(self, op: str, ifname: str, ip: str, cache: dict[str, int]) -> None:
@@ -427,7 +436,7 @@ class Dataplane:
         self._thread.close()
         self._arming.close()
         self._background.close()
-        self._steer_flusher.close()
+        self._deferred.close()
 
     def __enter__(self) -> "Dataplane":
         return self
@@ -436,16 +445,22 @@ class Dataplane:
         self.close()
 
 
-class _SteerFlusher:
-    """Deletes the conntrack entries of newly steered VMs, one dump per burst of changes.
+class _DeferredFlusher:
+    """Deletes conntrack entries that are harmless meanwhile, one dump per burst of changes.
 
-    A dump walks the whole conntrack hash (~13 ms in the kernel even when empty) and an
-    nft commit that overlaps it waits for it, so it runs on its own low-priority thread,
-    collects every VM a burst of reconciles steered, and starts only once the kernel
-    thread has been idle for ``GATHER`` seconds (at the latest ``MAX_DEFER`` after the
-    first request): one dump per burst, between the burst's commits rather than inside
-    them. Waiting is harmless: the steering chain already drops these flows; deleting
-    them only lets them restart sooner.
+    Two kinds wait: flows of newly steered VMs (the steering chain already drops
+    them) and the entries SNATed to the egress IP of a gateway this node stopped
+    serving but is still a member of (its gate drops them: ``gw_gate`` matches
+    forwarded traffic whatever its conntrack state). Deleting them only lets them
+    restart sooner, while a dump walks the whole conntrack hash (~13 ms in the kernel
+    even when empty), an nft commit that overlaps it waits for it, and on a
+    withdraw it would delay the release that lets the successor take over. So they
+    go to a low-priority thread that serves every flush a burst of reconciles asked
+    for, once the kernel thread has been idle for ``GATHER`` seconds (at the latest
+    ``MAX_DEFER`` after the first request).
+
+    ``withdraw`` takes the pending leave flushes of a gateway back when that is no
+    longer true (see ``Dataplane._reconcile``), and waits for a run that holds one.
     """
 
     GATHER = 0.05
@@ -454,11 +469,13 @@ class _SteerFlusher:
     def __init__(self, netns: str | None, idle_for: Callable[[], float]) -> None:
         self._idle_for = idle_for
         self._thread = NetnsThread(netns, "vipmgr-dp-ct", nice=10)
-        self._lock = threading.Lock()
-        self._pending: list[conntrack.FlowFlush] = []
+        self._lock = threading.Lock()      # guards the fields below
+        self._running_lock = threading.Lock()  # held while a run deletes
+        self._pending: list[conntrack.FlowFlush | conntrack.NatFlush] = []
+        self._running: list[conntrack.FlowFlush | conntrack.NatFlush] = []
         self._future: concurrent.futures.Future[dict[conntrack.FlushKey, int]] | None = None
 
-    def add(self, specs: list[conntrack.FlowFlush]
+    def add(self, specs: list[conntrack.FlowFlush | conntrack.NatFlush]
             ) -> "concurrent.futures.Future[dict[conntrack.FlushKey, int]]":
         """Queue ``specs``; the future of the dump that will serve them (shared by a burst)."""
         with self._lock:
@@ -467,18 +484,40 @@ class _SteerFlusher:
                 self._future = self._thread.submit(self._run)
             return self._future
 
+    def withdraw(self, serving: set[tuple[str, str]], members: set[str]
+                 ) -> list[conntrack.NatFlush]:
+        """Drop the pending leave flushes of (gateway, egress IP) in ``serving``; return
+        those of gateways not in ``members`` for the caller to run now. Waits for a run
+        in progress that holds either kind."""
+        def affected(spec) -> bool:
+            return isinstance(spec, conntrack.NatFlush) and (
+                (spec.gateway, spec.egress_ip) in serving or spec.gateway not in members)
+
+        with self._lock:
+            taken = [spec for spec in self._pending if affected(spec)]
+            self._pending = [spec for spec in self._pending if not affected(spec)]
+            busy = any(affected(spec) for spec in self._running)
+        if busy:
+            with self._running_lock:
+                pass
+        return [spec for spec in taken if spec.gateway not in members]
+
     def _run(self) -> dict[conntrack.FlushKey, int]:
         give_up = time.monotonic() + self.MAX_DEFER
         time.sleep(self.GATHER)
         while self._idle_for() < self.GATHER and time.monotonic() < give_up:
             time.sleep(self.GATHER / 5)
-        with self._lock:
-            specs, self._pending, self._future = self._pending, [], None
-        ct = Conntrack()  # its own socket: the main one belongs to the kernel thread
-        try:
-            return conntrack.delete_matching(ct, specs)
-        finally:
-            ct.close()
+        with self._running_lock:
+            with self._lock:
+                specs, self._pending, self._future = self._pending, [], None
+                self._running = specs
+            ct = Conntrack()  # its own socket: the main one belongs to the kernel thread
+            try:
+                return conntrack.delete_matching(ct, specs)
+            finally:
+                ct.close()
+                with self._lock:
+                    self._running = []
 
     def close(self) -> None:
         self._thread.close()
@@ -486,10 +525,16 @@ class _SteerFlusher:
 
 def _conntrack_flushes(plan: NodePlan, ob: nftstate.ObservedNft, previous: NodePlan
                        ) -> tuple[list[conntrack.FlowFlush | conntrack.NatFlush],
-                                  list[conntrack.FlowFlush]]:
+                                  list[conntrack.FlowFlush | conntrack.NatFlush]]:
     """Which flows a change of role makes stale: decided from the kernel's record of
-    what this node served (the ``g-*-egress`` sets) and steered (``p-*-local``)."""
+    what this node served (the ``g-*-egress`` sets) and steered (``p-*-local``).
+
+    (now, deferred): take flushes and leaves of gateways this node is no longer a
+    member of run in the reconcile; steered VMs and leaves of gateways it still gates
+    can wait (``_DeferredFlusher``)."""
     out: list[conntrack.FlowFlush | conntrack.NatFlush] = []
+    later: list[conntrack.FlowFlush | conntrack.NatFlush] = []
+    members = {gw.name for gw in plan.gateways}
     want_egress = {}
     for gw in plan.active:
         assert gw.active is not None
@@ -504,8 +549,7 @@ def _conntrack_flushes(plan: NodePlan, ob: nftstate.ObservedNft, previous: NodeP
         if fam == "inet" and name.startswith("g-") and name.endswith("-egress"):
             gateway = owners.get(name) or name.removeprefix("g-").removesuffix("-egress")
             for ip in sorted(elems - {want_egress.get(name)}):
-                out.append(conntrack.NatFlush(gateway, ip))
-    steer: list[conntrack.FlowFlush] = []
+                (later if gateway in members else out).append(conntrack.NatFlush(gateway, ip))
     for sp in plan.steering:
         for sel in sp.selections:
             had_src = ob.elements.get(("inet", L.policy_local(sel.policy)), frozenset())
@@ -513,8 +557,8 @@ def _conntrack_flushes(plan: NodePlan, ob: nftstate.ObservedNft, previous: NodeP
             new = sel.sources if had_dst != frozenset(sel.cidrs) else sel.sources - had_src
             if new:
                 # flows these VMs opened before being steered may carry this node's own NAT
-                steer.append(conntrack.FlowFlush(sp.name, conntrack.STEER, new, sel.cidrs))
-    return out, steer
+                later.append(conntrack.FlowFlush(sp.name, conntrack.STEER, new, sel.cidrs))
+    return out, later
 
 
 def _as_observed(before: nftstate.ObservedNft, want: nftstate.NftState) -> nftstate.ObservedNft:
