@@ -8,6 +8,11 @@ thread: vipmgr.agent.inventory) and hands it to the reconciler,
 coalescing bursts of changes into one kernel update. A take is armed in the
 same nft transaction that installs it; withdrawing never waits behind a
 queued reconcile of something else.
+
+The bookkeeping (what is served until when, what this process armed, which
+generation the kernel reflects) is vipmgr.agent.servebook.ServeBook, sans I/O;
+this class is the asyncio adapter around it: events, the worker task, the
+dataplane's thread futures, logs and metrics.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Awaitable, Callable, Iterable, Mapping
 
 from vipmgr.agent.ctsync import ConntrackSync
 from vipmgr.agent.metrics import AgentMetrics
+from vipmgr.agent.servebook import Outcome, Serve, ServeBook
 from vipmgr.dataplane.kernel import KernelError
 from vipmgr.dataplane.plan import GarpSettings, NodePlan
 from vipmgr.dataplane.reconcile import Dataplane, Refresh
@@ -45,20 +51,34 @@ class NodeDatapath:
         self.planner = planner
         self.ctsync: ConntrackSync | None = None  # set by the runtime: VIP-mode flow replication
         self.interfaces: dict[str, ipaddress.IPv4Interface] = {}
-        self.serving: dict[str, float] = {}  # gateway -> until (core clock)
+        self.book = ServeBook()
         self.holders: dict[str, str] = {}     # gateway -> node holding authority (etcd)
         self.plan = NodePlan(node)
         self.error: str = ""                  # last reconcile failure, for datapath-ready
         self._dirty = asyncio.Event()   # something to reconcile
         self._urgent = asyncio.Event()  # ... that must not wait for a burst to gather
-        self._armed: set[str] = set()  # serving gateways whose dead-man this process armed
-        self._verify_next = False
-        self._generation = 0   # bumped by every serve/withdraw
-        self._applied = 0      # the generation the kernel reflects
         self._applied_event = asyncio.Event()
         self._deferred_flush = None  # the background flush whose counts are hooked already
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+
+    @property
+    def serving(self) -> dict[str, float]:
+        """gateway -> until (core clock): what this node serves."""
+        return self.book.serving
+
+    # tests/agent/test_datapath_refresh.py reads (and seeds) these two
+    @property
+    def _armed(self) -> set[str]:
+        return self.book.armed
+
+    @_armed.setter
+    def _armed(self, armed: set[str]) -> None:
+        self.book.armed = armed
+
+    @property
+    def _verify_next(self) -> bool:
+        return self.book.verify_next
 
     # --- inputs ---------------------------------------------------------------------
 
@@ -81,17 +101,12 @@ class NodeDatapath:
         """Serve ``gateway`` until ``until`` (core clock): the take arms the dead-man in the
         transaction that installs it, later calls re-arm it without waiting. State
         changes here, in the core's order; the kernel follows."""
-        if self.clock() >= until:
-            return  # the evidence already lapsed; the core withdraws next
-        taken = gateway in self.serving
-        self.serving[gateway] = until
-        if not taken:
-            self._changed()
-        elif gateway in self._armed:
+        serve = self.book.program(gateway, until, self.clock())
+        if serve is Serve.REFRESH:
             future = self.dp.refresh_nowait(gateway, until - self.clock())
             future.add_done_callback(lambda f: self._refreshed(gateway, f))
-        else:
-            self._kick()  # the take is in flight or its arming came too late: arm again
+        elif serve is not Serve.NOTHING:
+            self._kick()  # a take, or its take is in flight / its arming came late: arm
 
     def _refreshed(self, gateway: str, future) -> None:
         """Runs on the arming thread: hand the outcome to the event loop."""
@@ -99,41 +114,31 @@ class NodeDatapath:
 
     def _refresh_outcome(self, gateway: str, future) -> None:
         exc = future.exception()
-        result = None if exc is not None else future.result()
-        if result is Refresh.ARMED:
+        result: Refresh | None = None if exc is not None else future.result()
+        outcome = self.book.refresh_outcome(gateway, result)
+        if outcome is Outcome.REFRESHED:
             self.metrics.deadman_refreshed(gateway)
-            return
-        if result is Refresh.LATE:
-            # the evidence it carried ran out before the arming thread ran: the kernel
-            # state expires by itself and the core fences on its own clock; nothing broke
+        elif outcome is Outcome.LATE:
+            # the kernel state expires by itself and the core fences on its own clock;
+            # nothing broke
             LOG.warning(f"dead-man refresh of {gateway} came too late (the machine is loaded?)",
                         extra={"node": self.node, "gateway": gateway})
-            return
-        if result is Refresh.GONE and gateway not in self._armed:
-            return  # withdrawn meanwhile: the refusal was expected
-        # The kernel no longer has a gateway we armed (our table was flushed?) or failed:
-        # re-read the kernel and arm it again with the next reconcile. Only a kernel error
-        # makes the datapath "not ready"; a missing element is drift the reconcile repairs.
-        LOG.error(f"dead-man refresh of {gateway} failed: {exc or 'not in the kernel'}",
-                  extra={"node": self.node, "gateway": gateway})
-        if exc is not None:
-            self.error = f"dead-man refresh of {gateway} failed: {exc}"
-        self._armed.discard(gateway)
-        self._verify_next = True
-        self._kick()
+        elif outcome is Outcome.REPAIR:
+            # Only a kernel error makes the datapath "not ready"; a missing element is
+            # drift the reconcile repairs.
+            LOG.error(f"dead-man refresh of {gateway} failed: {exc or 'not in the kernel'}",
+                      extra={"node": self.node, "gateway": gateway})
+            if exc is not None:
+                self.error = f"dead-man refresh of {gateway} failed: {exc}"
+            self._kick()
 
     def withdraw(self, gateway: str) -> int:
         """Stop serving ``gateway``; returns the generation ``settled`` waits for."""
-        if self.serving.pop(gateway, None) is not None:
+        if self.book.withdraw(gateway):
             if self.ctsync is not None:
                 self.ctsync.stop_serving(gateway)  # before the leave flush: none of it is sent
-            self._armed.discard(gateway)
-            self._changed()
-        return self._generation
-
-    def _changed(self) -> None:
-        self._generation += 1
-        self._kick()
+            self._kick()
+        return self.book.generation
 
     async def settled(self, generation: int, limit: float) -> None:
         """Until the kernel reflects every change up to ``generation``, or ``limit``
@@ -144,11 +149,11 @@ class NodeDatapath:
         answers still in the kernel.
         """
         async def applied() -> None:
-            while self._applied < generation:
+            while not self.book.settled(generation):
                 self._applied_event.clear()
                 await self._applied_event.wait()
 
-        if self._applied < generation:
+        if not self.book.settled(generation):
             try:
                 await asyncio.wait_for(applied(), limit)
             except asyncio.TimeoutError:
@@ -177,7 +182,7 @@ class NodeDatapath:
                 except asyncio.TimeoutError:
                     pass
             async with self._lock:
-                await self._apply(verify=self._verify_next)
+                await self._apply(verify=self.book.verify_next)
 
     async def verify(self) -> None:
         """Periodic: re-read the kernel and repair drift (someone flushed our table)."""
@@ -187,18 +192,16 @@ class NodeDatapath:
     async def _apply(self, verify: bool) -> None:
         self._dirty.clear()
         self._urgent.clear()
-        generation = self._generation
-        plan = await self.planner(self.serving, self.holders, self.interfaces, self.garp)
-        taking = [gw for gw in self.serving if gw not in self._armed]
-        if taking and self.ctsync is not None and generation == self._generation:
+        book = self.book
+        generation = book.generation
+        plan = await self.planner(book.serving, self.holders, self.interfaces, self.garp)
+        taking = book.taking()
+        if taking and self.ctsync is not None and book.current(generation):
             await self.ctsync.before_take(taking)  # replicated flows in before the VIP is added
-        if generation != self._generation:
-            self._verify_next |= verify
+        if not book.commit(generation, verify):
             self._kick()  # a take or withdraw while planning: plan again with it
             return
-        self._verify_next = False
-        now = self.clock()
-        arm = {gw: until - now for gw, until in self.serving.items() if gw not in self._armed}
+        arm = book.arm_request(self.clock())
         started = time.perf_counter()
         try:
             report = await asyncio.wrap_future(
@@ -206,16 +209,15 @@ class NodeDatapath:
         except (KernelError, OSError) as exc:
             self.error = f"dataplane reconcile failed: {exc}"
             LOG.error(self.error, extra={"node": self.node})
-            self._verify_next = True
+            book.reconcile_failed()
             asyncio.get_running_loop().call_later(RETRY_AFTER, self._kick)
             return
         self.error = ""
         self.plan = plan
         if self.ctsync is not None:
             self.ctsync.applied(plan)
-        self._applied = generation
+        book.applied(generation, report.armed, {g.name for g in plan.active})
         self._applied_event.set()
-        self._armed = (self._armed | set(report.armed)) & {g.name for g in plan.active}
         for problem in plan.problems:
             LOG.warning(problem, extra={"node": self.node})
         if report:
