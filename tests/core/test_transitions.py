@@ -17,7 +17,7 @@ from vipmgr.core.election import (
 from vipmgr.core.messages import (
     OK, ROLE_ACTIVE, ROLE_STANDBY, Acquire, Advert, Answer, Cordoned, Depose, EtcdResult,
     GrantLease, HealthChanged, Heartbeat, KeepAlive, PostChallenge, Program, Release, RevokeLease,
-    SendAdvert, Shutdown, Start, SwitchoverRequested, Tick, Watch, WatchUpdate, Withdraw,
+    Shutdown, Start, SwitchoverRequested, Tick, Watch, WatchUpdate, Withdraw,
 )
 from vipmgr.sim.etcd import EtcdModel
 from vipmgr.store.authority import GatewayKeys, plan
@@ -396,10 +396,3 @@ def test_a_lower_ranked_node_defers_to_a_better_one_that_just_started():
     assert not d.of(Acquire)
     d.run_until(deferred_until + 0.005)
     assert d.el.role is Role.ACTIVE  # b never took it: a does, late but live
-
-
-def test_eligibility_fed_before_start_goes_out_with_the_first_advert():
-    d = Driver()
-    d.feed(HealthChanged(False), 0.0)
-    d.feed(Start(), 0.0)
-    assert [a.advert.eligible for a in d.actions if isinstance(a, SendAdvert)] == [False]

@@ -16,17 +16,20 @@ evidence, and its kernel state expires by itself at that same instant, so a
 frozen or killed process is fenced by its kernel. docs/architecture.md has
 the timelines.
 
-Where each rule lives: ``roles.py`` (roles, causes, the table of moves),
-``peers.py`` (what we hear), ``standby.py`` (acquire, challenge, preempt, VRRP
+Where each rule lives: ``roles.py`` (roles, causes, the table of moves and their
+entry/exit effects), ``peers.py`` (what we hear), ``guards.py`` (the named
+conditions of the moves), ``standby.py`` (acquire, challenge, preempt, VRRP
 fallback), ``holder.py`` (evidence, fence, challenges, etcd-cut handover),
 ``results.py`` (etcd results and snapshots), ``lifecycle.py`` (health, cordon,
 membership, switchover, shutdown), ``timers.py`` (named deadlines). This module
-is the machine that holds the state and dispatches events, results and timers.
+is the machine that holds the state, dispatches events, results and timers, and
+treats a long gap between calls as a pause (``_paused``).
 """
 
 from __future__ import annotations
 
 from vipmgr.core.config import ON_ETCD_LOSS, UNSAFE_SWITCHES, ElectionConfig
+from vipmgr.core.guards import Guards
 from vipmgr.core.holder import Holder
 from vipmgr.core.lifecycle import Lifecycle
 from vipmgr.core.messages import (
@@ -38,13 +41,14 @@ from vipmgr.core.messages import (
 from vipmgr.core.peers import NEVER, Hearing, _Peer
 from vipmgr.core.results import EtcdResults
 from vipmgr.core.roles import (
-    DATAPATH_ROLES, TRANSITIONS, VRRP_TRANSITIONS, Cause, IllegalTransition, Role,
+    CLEARS_TIMER, DATAPATH_ROLES, ON_ENTER, ON_EXIT, TRANSITIONS, VRRP_TRANSITIONS, Cause, Effect,
+    IllegalTransition, Role,
 )
 from vipmgr.core.standby import Standby
 from vipmgr.core.timers import TimerWheel
 
 
-class Election(Hearing, Holder, Standby, EtcdResults, Lifecycle, TimerWheel):
+class Election(Hearing, Guards, Holder, Standby, EtcdResults, Lifecycle, TimerWheel):
     """The decision logic of one node for one gateway. See the module docstring."""
 
     def __init__(self, config: ElectionConfig):
@@ -163,7 +167,7 @@ class Election(Hearing, Holder, Standby, EtcdResults, Lifecycle, TimerWheel):
 
     def _goto(self, cause: Cause, detail: str = "") -> None:
         new = None
-        if self.cfg.on_etcd_loss == "vrrp":
+        if self._vrrp_policy():
             new = VRRP_TRANSITIONS.get((self.role, cause))
         if new is None:
             new = TRANSITIONS.get((self.role, cause))
@@ -172,24 +176,31 @@ class Election(Hearing, Holder, Standby, EtcdResults, Lifecycle, TimerWheel):
                                     f"from {self.role} on {cause}")
         old, self.role = self.role, new
         self._emit(RoleChanged(old.value, new.value, cause.value, detail, self.epoch))
-        if old in DATAPATH_ROLES and new not in DATAPATH_ROLES:
-            self._emit(Withdraw())
-            self._timers["advert"] = self._now  # tell the peers at once: no longer active
-            # Echoes proved nobody could take over while we served; back from here only
-            # through etcd (a Confirm), so a peer may challenge as soon as it hears this.
-            for peer in self._peers.values():
-                peer.echo = NEVER
-            self._carried = NEVER
-        if new is not Role.CHALLENGING:
-            self._timers.pop("window", None)
-        if new in (Role.ACTIVE, Role.VRRP_ACTIVE):
-            self._timers["advert"] = self._now  # announce at once
-        self._timers.pop("act", None)
+        for group, effects in ON_EXIT:
+            if old in group and new not in group:
+                self._apply(effects)
+        self._apply(ON_ENTER.get(new, ()))
+
+    def _apply(self, effects: tuple[Effect, ...]) -> None:
+        """Carry out a move's entry or exit effects (roles.py states which)."""
+        for effect in effects:
+            if effect is Effect.WITHDRAW:
+                self._emit(Withdraw())
+            elif effect is Effect.ADVERT_NOW:
+                self._timers["advert"] = self._now
+            elif effect is Effect.FORGET_ECHOES:
+                for peer in self._peers.values():
+                    peer.echo = NEVER
+                self._carried = NEVER
+            else:
+                self._timers.pop(CLEARS_TIMER[effect], None)
 
     # --- events in (the rest: lifecycle.py; etcd results: results.py) ---------
 
-    def _on_start(self, _: Start) -> None:
+    def _on_start(self, ev: Start) -> None:
         self._started = True
+        self.healthy = self.healthy and ev.healthy
+        self.cordoned = self.cordoned or ev.cordoned
         # Whatever a previous incarnation left in the kernel is not ours to trust.
         self._emit(Withdraw())
         self._etcd("lease", GrantLease, ttl=self.cfg.timers.lease_ttl)

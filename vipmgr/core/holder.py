@@ -103,13 +103,12 @@ class Holder:
         # Noticed late means we were paused (frozen, swapped out): whatever we knew is
         # stale, so even the VRRP fallback must wait for etcd's word.
         on_time = self._now - validity <= self.cfg.timers.advert_interval
-        if self.cfg.on_etcd_loss == "vrrp" and not self.etcd_ok and on_time \
-                and self._etcd_peer():
+        if on_time and self._may_fall_back():
+            self._goto(Cause.EVIDENCE_LAPSED, "no proof from peers or etcd: VRRP fallback")
+        elif on_time and self._etcd_lost():  # a peer reaches etcd: it takes over
             self._goto(Cause.ETCD_CUT_HANDOVER, f"evidence lapsed without etcd; "
                                                 f"{self._etcd_peer()} reaches it")
-        elif self.cfg.on_etcd_loss == "vrrp" and not self.etcd_ok and on_time:
-            self._goto(Cause.EVIDENCE_LAPSED, "no proof from peers or etcd: VRRP fallback")
-        elif self.cfg.on_etcd_loss == "vrrp":
+        elif self._vrrp_policy():
             self._goto(Cause.PAUSED, "woke up past the fence deadline")
         else:
             self._goto(Cause.EVIDENCE_LAPSED, "no proof from peers or etcd within "

@@ -81,7 +81,15 @@ class Advert:
 
 @dataclass(frozen=True, slots=True)
 class Start:
-    """The process (re)starts: kernel state for this gateway is unknown and withdrawn."""
+    """The process (re)starts: kernel state for this gateway is unknown and withdrawn.
+
+    Carries eligibility so that even the advert sent at Start tells the truth (peers
+    rank only eligible nodes). It only adds to what came before: a ``HealthChanged`` or
+    ``Cordoned`` fed earlier still counts.
+    """
+
+    healthy: bool = True
+    cordoned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +181,18 @@ class Withdraw:
 
 @dataclass(frozen=True, slots=True)
 class RoleChanged:
+    """A move of the election (``roles.TRANSITIONS``).
+
+    ``epoch`` is the authority epoch the move is about: the one held after it (adopted,
+    acquired, confirmed), or, for a move that gives the authority up (to standby or
+    stopped: lost, released, stopped), the one given up; 0 when none is involved.
+    """
+
     old: str
     new: str
     cause: str
     detail: str = ""
-    epoch: int = 0  # the authority epoch the move is about (0: none)
+    epoch: int = 0
 
 
 class NoteKind(enum.StrEnum):

@@ -41,6 +41,8 @@ class Hearing:
             and self._challenge[2]
 
     def _heard_peers(self) -> tuple[str, ...]:
+        """The members heard within ``suspectAfter`` of their own advert intervals: the
+        interval each advert carries (the sender's period), else ours for its role."""
         now, k, t = self._now, self.cfg.timers.suspect_after, self.cfg.timers
         out = []
         peers = self._peers
@@ -48,8 +50,9 @@ class Hearing:
             peer = peers.get(name)
             if peer is None:
                 continue
-            interval = t.advert_interval if peer.advert.role == ROLE_ACTIVE \
-                else t.standby_advert_interval
+            interval = peer.advert.interval or (
+                t.advert_interval if peer.advert.role == ROLE_ACTIVE
+                else t.standby_advert_interval)
             if now - peer.heard_at < k * interval:
                 out.append(name)
         return tuple(out)

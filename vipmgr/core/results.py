@@ -113,8 +113,8 @@ class EtcdResults:
         if self.role not in (Role.ACTIVE, Role.FENCED, Role.VRRP_ACTIVE):
             return
         if ev.outcome == UNREACHABLE:
-            if self.role is Role.FENCED and self.cfg.on_etcd_loss == "vrrp" and self.eligible \
-                    and self._silent_for(self._S) and not self._etcd_peer():
+            if self.role is Role.FENCED and self.eligible and self._silent_for(self._S) \
+                    and self._may_fall_back():
                 self._goto(Cause.VRRP_TAKEOVER, "etcd unreachable, no other active heard")
         elif ev.outcome == REFUSED:
             self._lose("confirm refused")
@@ -144,13 +144,13 @@ class EtcdResults:
     def _result_release(self, ev: EtcdResult, issued: float) -> None:
         if self.role is not Role.RELEASING:
             return
-        self.epoch = 0
         if self.stopping:
             self._stop()
         elif ev.outcome == UNREACHABLE:
             self._goto(Cause.ETCD_UNREACHABLE, "releasing")
         else:
             self._goto(Cause.RELEASED)
+        self.epoch = 0  # after the move: its RoleChanged names the epoch given up
 
     def _absorb(self, view: EtcdView) -> None:
         """Take a newer etcd snapshot and react to what changed."""

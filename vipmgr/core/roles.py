@@ -1,7 +1,8 @@
 """The election's roles, the causes of a move, and the table of allowed moves.
 
 ``TRANSITIONS`` is the state machine as data: (from role, cause) -> to role;
-``Election._goto`` refuses anything else (``IllegalTransition``). The guards that
+``Election._goto`` refuses anything else (``IllegalTransition``) and applies the
+effects of leaving and entering roles (``ON_EXIT``, ``ON_ENTER``), also data. The guards that
 decide *when* a move is taken live with the side that takes it: ``standby.py``
 (acquire, challenge, preempt, VRRP fallback), ``holder.py`` (fence, hand over,
 answer or yield), ``results.py`` (what etcd said), ``lifecycle.py`` (health,
@@ -91,12 +92,41 @@ TRANSITIONS: dict[tuple[Role, Cause], Role] = {
 VRRP_TRANSITIONS: dict[tuple[Role, Cause], Role] = {
     (R.ACTIVE, C.EVIDENCE_LAPSED): R.VRRP_ACTIVE,
 }
+# The roles that serve traffic (program the datapath); status counts them as "up".
 DATAPATH_ROLES = frozenset({Role.ACTIVE, Role.VRRP_ACTIVE})
+
+
+class Effect(enum.StrEnum):
+    """What a move does besides changing the role; ``Election._goto`` applies them."""
+
+    WITHDRAW = "withdraw"            # drop the datapath before anything else goes out
+    ADVERT_NOW = "advert-now"        # peers learn the new role now, not at the next tick
+    # Echoes (and carried evidence) proved nobody could take over while we served; back
+    # from here only through etcd (a Confirm), so a peer may challenge once it hears us.
+    FORGET_ECHOES = "forget-echoes"
+    CLEAR_ACT = "clear-act"          # the standby's decision timer ("act")
+    CLEAR_WINDOW = "clear-window"    # the challenge window ("window")
+
+
+# The timer each CLEAR_ effect drops (names as in timers.TIMERS).
+CLEARS_TIMER: dict[Effect, str] = {Effect.CLEAR_ACT: "act", Effect.CLEAR_WINDOW: "window"}
+# Leaving a group of roles for a role outside it: (group, effects in order).
+ON_EXIT: tuple[tuple[frozenset[Role], tuple[Effect, ...]], ...] = (
+    # Tell the peers at once that we no longer serve, so one may challenge right away.
+    (DATAPATH_ROLES, (Effect.WITHDRAW, Effect.ADVERT_NOW, Effect.FORGET_ECHOES)),
+    (frozenset({R.STANDBY}), (Effect.CLEAR_ACT,)),
+    (frozenset({R.CHALLENGING}), (Effect.CLEAR_WINDOW,)),
+)
+# Entering a role (from any other): announce a serving role at once.
+ON_ENTER: dict[Role, tuple[Effect, ...]] = {
+    R.ACTIVE: (Effect.ADVERT_NOW,),
+    R.VRRP_ACTIVE: (Effect.ADVERT_NOW,),
+}
 
 
 class IllegalTransition(RuntimeError):
     pass
 
 
-__all__ = ["Role", "Cause", "TRANSITIONS", "VRRP_TRANSITIONS", "DATAPATH_ROLES",
-           "IllegalTransition"]
+__all__ = ["Role", "Cause", "TRANSITIONS", "VRRP_TRANSITIONS", "DATAPATH_ROLES", "Effect",
+           "CLEARS_TIMER", "ON_EXIT", "ON_ENTER", "IllegalTransition"]
