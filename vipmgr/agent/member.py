@@ -29,6 +29,7 @@ from vipmgr.core.messages import (
     Heartbeat,
     MembersChanged,
     Note,
+    NoteKind,
     Program,
     RoleChanged,
     SendAdvert,
@@ -39,6 +40,7 @@ from vipmgr.core.messages import (
     Withdraw,
     WatchUpdate,
 )
+from vipmgr.core.roles import DATAPATH_ROLES
 from vipmgr.resources.models import EgressGateway
 from vipmgr.resources.status import GatewayMemberStatus
 from vipmgr.store.authority import AuthorityExecutor
@@ -47,7 +49,7 @@ from vipmgr.wire.message import Advert as WireAdvert, Role as WireRole
 LOG = logging.getLogger("vipmgr.member")
 
 # A role is "up" for status and metrics when it serves traffic.
-SERVING = {Role.ACTIVE.value, Role.VRRP_ACTIVE.value}
+SERVING = frozenset(role.value for role in DATAPATH_ROLES)
 
 
 def to_wire(adv: CoreAdvert, vrid: int, interval_ms: int, egress_ip: str | None) -> WireAdvert:
@@ -124,12 +126,8 @@ class GatewayMember:
     # --- lifecycle ------------------------------------------------------------------
 
     def start(self, healthy: bool, cordoned: bool) -> None:
-        """Eligibility first, so the very first advert tells the truth."""
-        if not healthy:
-            self.feed(HealthChanged(False))
-        if cordoned:
-            self.feed(Cordoned(True))
-        self.feed(Start())
+        """Eligibility with Start, so the very first advert tells the truth."""
+        self.feed(Start(healthy=healthy, cordoned=cordoned))
 
     async def stop(self, timeout: float = 1.0) -> None:
         """Graceful: release authority (the successor takes over at once), then stop."""
@@ -240,14 +238,14 @@ class GatewayMember:
         self.feed(result)
 
     def _role_changed(self, change: RoleChanged) -> None:
-        reason = self.events.role_changed(change, self.election.epoch,
+        reason = self.events.role_changed(change, change.epoch,
                                           self.election.view.holder
                                           or self.election.view.term_node)
         now = time.time()
         old, new = change.old, change.new
         state_change(self.name, self.ctx.node, old, new,
                      f"{change.cause}{': ' + change.detail if change.detail else ''}",
-                     self.election.epoch)
+                     change.epoch)
         self.ctx.metrics.role_changed(self.name, old, new, change.cause, active=new in SERVING)
         if old == Role.STANDBY.value and new not in SERVING:
             self.info.left_standby_at = now
@@ -262,7 +260,7 @@ class GatewayMember:
             self.info.left_standby_at = None
             self.ctx.metrics.failover_completed(self.name, reason)
         if new in SERVING:
-            self.ctx.metrics.epoch_seen(self.name, self.election.epoch)
+            self.ctx.metrics.epoch_seen(self.name, change.epoch)
         if new == Role.VRRP_ACTIVE.value or old == Role.VRRP_ACTIVE.value:
             self.ctx.metrics.etcd_loss_mode_changed(self.name, new == Role.VRRP_ACTIVE.value)
         if new == Role.STANDBY.value:
@@ -275,7 +273,7 @@ class GatewayMember:
     def _note(self, note: Note) -> None:
         LOG.info(f"{self.name}: {note.kind} {note.detail}".rstrip(),
                  extra={"gateway": self.name, "node": self.ctx.node, "note": note.kind})
-        if note.kind == "heartbeat-path-broken":
+        if note.kind == NoteKind.HEARTBEAT_PATH_BROKEN:
             self.info.heartbeat_path_ok = False
             self.ctx.metrics.heartbeat_path_changed(self.name, False)
             self.ctx.on_change()
