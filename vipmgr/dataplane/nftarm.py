@@ -11,11 +11,12 @@ The agent's once-a-second read of the drop counters speaks netlink directly too
 (``CounterReader``): ``list counters`` through libnftables fetches the same cache
 first, ~11 ms at that size, on the thread every reconcile queues behind.
 
-The batch is the one ``ArmTarget`` describes (vipmgr.dataplane.nftstate): the
-egress element deleted and re-added (the guard: ENOENT once a reconcile has
-withdrawn the gateway, which aborts the whole transaction), then the armed
-elements added with ``timeout`` and ``expires`` (which moves the expiry of an
-existing element).
+The batch is the one ``ArmTarget`` describes (vipmgr.dataplane.nftstate), the
+same spec the reconcile's nft text arming renders (``ArmTarget.arm_lines``): the
+egress element (``guard()``) deleted and re-added (ENOENT once a reconcile has
+withdrawn the gateway, which aborts the whole transaction), then ``elements(ms)``
+added with ``timeout`` and ``expires`` (which moves the expiry of an existing
+element).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import struct
 from vipmgr.dataplane import layout as L
 from vipmgr.dataplane import netlink as nl
 from vipmgr.dataplane.kernel import KernelError, NftMissing
-from vipmgr.dataplane.nftstate import ArmTarget
+from vipmgr.dataplane.nftstate import ArmElement, ArmTarget
 
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
 NFNL_SUBSYS_NFTABLES = 10
@@ -47,11 +48,24 @@ COUNTER_PACKETS = 2
 TIMEOUT = 2.0  # s: nf_tables answers while send() runs; silence this long is an error
 
 
-def _element(key: bytes, timeout_ms: int | None) -> bytes:
-    attrs = [nl.nested(SET_ELEM_KEY, nl.attr(DATA_VALUE, key))]
-    if timeout_ms is not None:
-        attrs += [nl.attr(SET_ELEM_TIMEOUT, struct.pack(">Q", timeout_ms)),
-                  nl.attr(SET_ELEM_EXPIRATION, struct.pack(">Q", timeout_ms))]
+_FAMILIES = {"inet": NFPROTO_INET, "arp": NFPROTO_ARP}
+_NFPROTO_KEYS = {"ipv4": NFPROTO_IPV4}  # nf_proto set keys, as nft names them
+
+
+def _key(element: ArmElement) -> bytes:
+    """The element's key as the kernel stores it, for its set's type."""
+    if element.key_type == "ipv4_addr":
+        return socket.inet_aton(element.key)
+    if element.key_type == "nf_proto":
+        return bytes([_NFPROTO_KEYS[element.key]])
+    raise ValueError(f"no netlink encoding for a {element.key_type} set element")
+
+
+def _element(element: ArmElement) -> bytes:
+    attrs = [nl.nested(SET_ELEM_KEY, nl.attr(DATA_VALUE, _key(element)))]
+    if element.timeout_ms is not None:
+        attrs += [nl.attr(SET_ELEM_TIMEOUT, struct.pack(">Q", element.timeout_ms)),
+                  nl.attr(SET_ELEM_EXPIRATION, struct.pack(">Q", element.timeout_ms))]
     return nl.nested(LIST_ELEM, *attrs)
 
 
@@ -64,26 +78,21 @@ class ArmSocket(nl.NetlinkSocket):
     def _msg(self, kind: int, flags: int, family: int, res_id: int, body: bytes) -> bytes:
         return self.request(kind, flags, nl.nfgenmsg(family, res_id) + body)
 
-    def _set_elem(self, kind: int, family: int, set_name: str, element: bytes) -> bytes:
+    def _set_elem(self, kind: int, element: ArmElement) -> bytes:
         flags = (nl.NLM_F_REQUEST | nl.NLM_F_ACK
                  | (nl.NLM_F_CREATE if kind == NFT_MSG_NEWSETELEM else 0))
         body = (nl.attr(SET_ELEM_LIST_TABLE, L.TABLE.encode() + b"\0")
-                + nl.attr(SET_ELEM_LIST_SET, set_name.encode() + b"\0")
-                + nl.nested(SET_ELEM_LIST_ELEMENTS, element))
-        return self._msg(kind, flags, family, 0, body)
+                + nl.attr(SET_ELEM_LIST_SET, element.set_name.encode() + b"\0")
+                + nl.nested(SET_ELEM_LIST_ELEMENTS, _element(element)))
+        return self._msg(kind, flags, _FAMILIES[element.family], 0, body)
 
     def refresh(self, target: ArmTarget, ms: int) -> None:
         """Run ``target``'s refresh transaction for ``ms``; NftMissing when the guard fails."""
-        egress = _element(socket.inet_aton(target.egress_ip), None)
-        egress_set = L.gateway_egress(target.gateway)
+        guard = target.guard()
         begin = self._msg(NFNL_MSG_BATCH_BEGIN, nl.NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES, b"")
-        msgs = [self._set_elem(NFT_MSG_DELSETELEM, NFPROTO_INET, egress_set, egress),
-                self._set_elem(NFT_MSG_NEWSETELEM, NFPROTO_INET, egress_set, egress),
-                self._set_elem(NFT_MSG_NEWSETELEM, NFPROTO_INET, L.gateway_armed(target.gateway),
-                               _element(bytes([NFPROTO_IPV4]), ms))]
-        if target.vip:
-            msgs.append(self._set_elem(NFT_MSG_NEWSETELEM, NFPROTO_ARP, L.ARP_ARMED,
-                                       _element(socket.inet_aton(target.egress_ip), ms)))
+        msgs = [self._set_elem(NFT_MSG_DELSETELEM, guard),
+                self._set_elem(NFT_MSG_NEWSETELEM, guard),
+                *(self._set_elem(NFT_MSG_NEWSETELEM, e) for e in target.elements(ms))]
         end = self._msg(NFNL_MSG_BATCH_END, nl.NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES, b"")
         self.send(b"".join([begin, *msgs, end]))
         self._await_acks(range(self.seq - len(msgs), self.seq), target)

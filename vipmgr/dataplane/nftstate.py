@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -21,6 +22,11 @@ from vipmgr.dataplane.plan import NodePlan, collapse_cidrs
 
 CHAINS = {(fam, name): (typ, hook, prio) for fam, name, typ, hook, prio
           in (*L.INET_CHAINS, *L.ARP_CHAINS)}
+
+# types of the dead-man's sets (their elements: ArmTarget)
+ARMED_TYPE = "nf_proto"  # g-*-armed: holds ``ipv4`` while armed
+ARP_ARMED_TYPE = "ipv4_addr"  # arp armed: holds the VIP while armed
+EGRESS_TYPE = "ipv4_addr"  # g-*-egress: holds the egress IP while active
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,8 @@ class NftState:
     counters: set[tuple[str, str]] = field(default_factory=set)
     chains: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)  # rule texts
     standby: dict[str, str] = field(default_factory=dict)  # member, not active: armed -> egress
+    # the comment a set is created with: the gateway owning a g-*-egress set (set_owner)
+    comments: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def fingerprints(self, key: tuple[str, str]) -> tuple[str, ...]:
         return tuple(_fp(rule) for rule in self.chains.get(key, ()))
@@ -54,6 +62,20 @@ class ObservedNft:
     elements: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     counters: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     chains: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)  # fingerprints
+    # sets' comments: a g-*-egress set's is the gateway it was created for (``set_owner``);
+    # none on a set whose gateway name is too long for one, or left by an older vipmgr
+    comments: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+# nft keeps at most 128 characters of a comment; the name of a gateway whose set names
+# are hashed (layout.ident) is longer than that, so its sets carry no comment
+COMMENT_MAX = 128
+_COMMENT_SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def set_owner(gateway: str) -> str | None:
+    """The comment recording ``gateway`` on its sets, when nft can hold it."""
+    return gateway if len(gateway) <= COMMENT_MAX and _COMMENT_SAFE.match(gateway) else None
 
 
 def _fp(rule: str) -> str:
@@ -76,7 +98,7 @@ def desired(plan: NodePlan) -> NftState:
     outside = f"ip daddr != @{L.CLUSTER}"  # in-cluster traffic never uses the gateway
     for gw in plan.gateways:
         armed = L.gateway_armed(gw.name)
-        add_set("inet", armed, SetSpec("nf_proto", timeout=True), None)
+        add_set("inet", armed, SetSpec(ARMED_TYPE, timeout=True), None)
         st.counters.add(("inet", L.gateway_fenced(gw.name)))
         gate = L.gateway_chain(gw.name, "gate")
         inet["gw_gate"].append(f"jump {gate}")
@@ -120,7 +142,12 @@ def desired(plan: NodePlan) -> NftState:
         if gw.active is None:
             st.standby[armed] = L.gateway_egress(gw.name)
             continue
-        add_set("inet", L.gateway_egress(gw.name), SetSpec("ipv4_addr"), [gw.active.egress_ip])
+        egress = L.gateway_egress(gw.name)
+        add_set("inet", egress, SetSpec(EGRESS_TYPE), [gw.active.egress_ip])
+        if (owner := set_owner(gw.name)) is not None:
+            # the kernel's record of whose set this is: a set name is hashed for a long
+            # gateway name, and a leave flush must name the gateway after its config is gone
+            st.comments[("inet", egress)] = owner
         inet["gw_snat"].append(f"jump {L.gateway_chain(gw.name, 'snat')}")
         inet["gw_out"].append(f"jump {L.gateway_chain(gw.name, 'out')}")
     for sp in plan.steering:
@@ -147,7 +174,7 @@ def desired(plan: NodePlan) -> NftState:
     if vips:
         st.tables.add("arp")
         add_set("arp", L.ARP_VIPS, SetSpec("ipv4_addr"), vips)
-        add_set("arp", L.ARP_ARMED, SetSpec("ipv4_addr", timeout=True), None)
+        add_set("arp", L.ARP_ARMED, SetSpec(ARP_ARMED_TYPE, timeout=True), None)
         st.chains[("arp", "vip_in")] = (f"arp daddr ip @{L.ARP_VIPS} arp daddr ip != @{L.ARP_ARMED} "
                                     "counter drop",)
         st.chains[("arp", "vip_out")] = (f"arp saddr ip @{L.ARP_VIPS} arp saddr ip != @{L.ARP_ARMED} "
@@ -167,6 +194,8 @@ def parse(objects: list[dict[str, Any]]) -> ObservedNft:
             flags = s.get("flags", [])
             spec = SetSpec(s["type"], "interval" in flags, "timeout" in flags)
             ob.sets[key] = spec
+            if s.get("comment"):
+                ob.comments[key] = s["comment"]
             if not spec.timeout:
                 ob.elements[key] = frozenset(_elements(s.get("elem", []), spec.interval))
         elif "counter" in obj:
@@ -229,6 +258,8 @@ def diff(ob: ObservedNft, want: NftState) -> Batch:
         if key not in ob.sets:
             flags = [f for f, on in (("interval", spec.interval), ("timeout", spec.timeout)) if on]
             body = f"type {spec.type};" + (f" flags {','.join(flags)};" if flags else "")
+            if key in want.comments:
+                body += f" comment \"{want.comments[key]}\";"
             b.lines.append(f"add set {fam} {t} {name} {{ {body} }}")
             b.changes.append(f"nft: add set {fam} {name}")
     for key in sorted(want.counters - set(ob.counters)):
@@ -284,23 +315,59 @@ def _add_elements(b: Batch, fam: str, name: str, elems: list[str]) -> None:
 
 
 @dataclass(frozen=True)
+class ArmElement:
+    """One set element of the dead-man, as both renderers see it: the nft text one
+    (``ArmTarget.arm_lines``) and the netlink one (vipmgr.dataplane.nftarm)."""
+
+    family: str  # "inet" or "arp"
+    set_name: str
+    key_type: str  # the set's type (how the key is encoded): ARMED_TYPE, EGRESS_TYPE, ...
+    key: str  # in nft syntax: "ipv4", "192.0.2.100"
+    timeout_ms: int | None = None  # None: a plain element (the guard)
+
+    def nft(self) -> str:
+        """``{ … }`` of an nft element command; ``expires`` also moves an existing
+        element's expiry."""
+        if self.timeout_ms is None:
+            return f"{{ {self.key} }}"
+        return f"{{ {self.key} timeout {self.timeout_ms}ms expires {self.timeout_ms}ms }}"
+
+
+@dataclass(frozen=True)
 class ArmTarget:
-    """One active gateway's dead-man: the elements that keep it serving. A refresh re-adds
-    them guarded by the egress element, i.e. only while the kernel still says this node
-    serves the gateway (vipmgr.dataplane.nftarm)."""
+    """One active gateway's dead-man: the elements that keep it serving (``elements``).
+    A refresh re-adds them guarded by the egress element (``guard``: deleted and re-added
+    in the same transaction, which fails with ENOENT once a reconcile has withdrawn the
+    gateway), i.e. only while the kernel still says this node serves the gateway
+    (vipmgr.dataplane.nftarm). The reconcile arms unguarded: its own transaction adds
+    the egress element."""
 
     gateway: str
     egress_ip: str
     vip: bool  # VirtualIPAddress mode: the ARP guard for the VIP is armed too
     max_seconds: float  # the gateway's deadmanTimeout: no arm or refresh lasts longer
 
-    def arm_lines(self, ms: int) -> list[str]:
-        """Arm for ``ms`` milliseconds (``expires`` also moves an existing element's expiry)."""
-        lines = [f"add element inet {L.TABLE} {L.gateway_armed(self.gateway)} "
-                 f"{{ ipv4 timeout {ms}ms expires {ms}ms }}"]
+    def guard(self) -> ArmElement:
+        """The element present iff this node serves the gateway."""
+        return ArmElement("inet", L.gateway_egress(self.gateway), EGRESS_TYPE, self.egress_ip)
+
+    def elements(self, ms: int) -> list[ArmElement]:
+        """What arming for ``ms`` milliseconds sets, in order."""
+        out = [ArmElement("inet", L.gateway_armed(self.gateway), ARMED_TYPE, "ipv4", ms)]
         if self.vip:
-            lines.append(f"add element arp {L.TABLE} {L.ARP_ARMED} "
-                         f"{{ {self.egress_ip} timeout {ms}ms expires {ms}ms }}")
+            out.append(ArmElement("arp", L.ARP_ARMED, ARP_ARMED_TYPE, self.egress_ip, ms))
+        return out
+
+    def arm_lines(self, ms: int, guarded: bool = False) -> list[str]:
+        """Arm for ``ms`` milliseconds, as nft commands; ``guarded``: the refresh's
+        transaction (the guard first), as nftarm sends it over netlink."""
+        lines = []
+        if guarded:
+            g = self.guard()
+            lines += [f"delete element {g.family} {L.TABLE} {g.set_name} {g.nft()}",
+                      f"add element {g.family} {L.TABLE} {g.set_name} {g.nft()}"]
+        lines += [f"add element {e.family} {L.TABLE} {e.set_name} {e.nft()}"
+                  for e in self.elements(ms)]
         return lines
 
 

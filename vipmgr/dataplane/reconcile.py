@@ -543,13 +543,17 @@ def _conntrack_flushes(plan: NodePlan, ob: nftstate.ObservedNft, previous: NodeP
         if ob.elements.get(("inet", name)) != frozenset([gw.active.egress_ip]):
             out += conntrack.take_flushes(gw.name, gw.selections, gw.active.egress_ip,
                                           gw.active.add_address)
-    # A set name is hashed for a long gateway name: name the gateway from the plans.
+    # The gateway is never parsed back out of a set name (a long one is hashed): the
+    # comment the set was created with names it, else the plans do; a set neither knows
+    # (a long name whose config is gone, or a set an older vipmgr left) names its flush
+    # itself. Either way one label per set vipmgr created: bounded.
     owners = {L.gateway_egress(gw.name): gw.name for gw in previous.gateways + plan.gateways}
     for (fam, name), elems in sorted(ob.elements.items()):
         if fam == "inet" and name.startswith("g-") and name.endswith("-egress"):
-            gateway = owners.get(name) or name.removeprefix("g-").removesuffix("-egress")
+            gateway = ob.comments.get((fam, name)) or owners.get(name)
             for ip in sorted(elems - {want_egress.get(name)}):
-                (later if gateway in members else out).append(conntrack.NatFlush(gateway, ip))
+                flush = conntrack.NatFlush(gateway or name, ip)
+                (later if gateway in members else out).append(flush)
     for sp in plan.steering:
         for sel in sp.selections:
             had_src = ob.elements.get(("inet", L.policy_local(sel.policy)), frozenset())
