@@ -37,7 +37,7 @@ def datapath():
     async def planner(*_):
         raise AssertionError("not planned in these tests")
     dp = NodeDatapath("ga", None, Metrics(), GarpSettings(), lambda: 0.0, planner)
-    dp._armed = {"egw"}
+    dp.book.armed = {"egw"}
     return dp
 
 
@@ -48,21 +48,21 @@ def test_armed_counts(datapath):
 
 def test_late_is_not_a_datapath_problem(datapath):
     datapath._refresh_outcome("egw", done(Refresh.LATE))
-    assert datapath.error == "" and "egw" in datapath._armed and not datapath._dirty.is_set()
+    assert datapath.error == "" and "egw" in datapath.book.armed and not datapath._dirty.is_set()
 
 
 def test_gone_while_armed_is_drift_repaired_not_an_outage(datapath):
     datapath._refresh_outcome("egw", done(Refresh.GONE))
-    assert datapath.error == "" and "egw" not in datapath._armed
-    assert datapath._verify_next and datapath._dirty.is_set()
+    assert datapath.error == "" and "egw" not in datapath.book.armed
+    assert datapath.book.verify_next and datapath._dirty.is_set()
 
 
 def test_gone_after_a_withdraw_is_expected(datapath):
-    datapath._armed = set()
+    datapath.book.armed = set()
     datapath._refresh_outcome("egw", done(Refresh.GONE))
     assert not datapath._dirty.is_set() and datapath.error == ""
 
 
 def test_a_kernel_error_makes_the_datapath_not_ready(datapath):
     datapath._refresh_outcome("egw", done(exc=KernelError("netlink: EPERM")))
-    assert "EPERM" in datapath.error and datapath._verify_next
+    assert "EPERM" in datapath.error and datapath.book.verify_next

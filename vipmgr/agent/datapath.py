@@ -67,19 +67,6 @@ class NodeDatapath:
         """gateway -> until (core clock): what this node serves."""
         return self.book.serving
 
-    # tests/agent/test_datapath_refresh.py reads (and seeds) these two
-    @property
-    def _armed(self) -> set[str]:
-        return self.book.armed
-
-    @_armed.setter
-    def _armed(self, armed: set[str]) -> None:
-        self.book.armed = armed
-
-    @property
-    def _verify_next(self) -> bool:
-        return self.book.verify_next
-
     # --- inputs ---------------------------------------------------------------------
 
     def start(self) -> None:
