@@ -15,12 +15,13 @@ hold-down, ``move_delay`` later: moves into one node go one at a time,
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Mapping
 
 from vipmgr.core.placement import Choices, PresentSet, choices, placement_priority
+from vipmgr.store.codec import CorruptObjectError
+from vipmgr.store.placement import decode_placement_record, encode_placement_record
 
 LOG = logging.getLogger("vipmgr.placement")
 
@@ -64,8 +65,7 @@ class NodePlacement:
         """The value of this node's record (None: it has none: not eligible)."""
         if self._since is None:
             return None
-        return json.dumps({"since": self._since,
-                           "holdDown": self.present_set.hold_down}).encode()
+        return encode_placement_record(self._since, self.present_set.hold_down)
 
     # --- everyone's records ----------------------------------------------------------
 
@@ -75,9 +75,9 @@ class NodePlacement:
         eligible = []
         for node, raw in values.items():
             try:
-                json.loads(raw)
-            except ValueError:
-                LOG.warning(f"placement record of {node} is not JSON; ignored",
+                decode_placement_record(raw, f"status/placement/{node}")
+            except CorruptObjectError as exc:
+                LOG.warning(f"placement record of {node} ignored: {exc}",
                             extra={"node": self.node})
                 continue
             eligible.append(node)

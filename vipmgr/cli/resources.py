@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import sys
 import time
 from typing import Any
@@ -36,6 +35,7 @@ from vipmgr.resources.models import (
 from vipmgr.resources.selectors import label_key_problem, label_value_problem, parse_selector_string
 from vipmgr.resources.status import GatewayMemberStatus, NodeStatus
 from vipmgr.resources.textinput import InputError, read_text_file
+from vipmgr.store.authority import read_holders
 from vipmgr.store.client import EtcdSettings, parse_endpoint
 from vipmgr.store.resources import DEFAULT_MAX_TXN_OPS, ResourceStore
 
@@ -197,28 +197,27 @@ class StatusView:
     ``stale``. Who is active comes from the authority key, not from claims.
     """
 
-    def __init__(self, nodes: dict[str, Any], members: dict[str, Any], now: float,
+    def __init__(self, nodes: dict[str, Any], members: dict[str, dict[str, Any]], now: float,
                  holders: dict[str, tuple[str, int]] | None = None):
+        """``members``: gateway -> node -> status document (ResourceStore.gateway_statuses);
+        ``holders``: gateway -> (node, epoch) (store.authority.read_holders)."""
         self.now = now
         self.nodes = {k: NodeStatus.from_dict(v) for k, v in nodes.items()}
         self.holders = holders or {}  # gateway -> (node, epoch)
         self.members: dict[str, dict[str, GatewayMemberStatus]] = {}
-        for key, value in members.items():
-            gw, _, node = key.partition("/")
-            member = GatewayMemberStatus.from_dict(value)
-            if now - member.updated > NODE_STATUS_STALE_S:
-                member.role = "stale"
-            self.members.setdefault(gw, {})[node] = member
+        for gw, docs in members.items():
+            for node, value in docs.items():
+                member = GatewayMemberStatus.from_dict(value)
+                if now - member.updated > NODE_STATUS_STALE_S:
+                    member.role = "stale"
+                self.members.setdefault(gw, {})[node] = member
 
     @classmethod
     async def read(cls, store: ResourceStore) -> "StatusView":
-        layout = store.layout
-        prefix = f"{layout.prefix}/authority/"
-        holders = {kv.key.decode()[len(prefix):]: (json.loads(kv.value).get("node"),
-                                                    kv.create_revision)
-                   for kv in await store.client.get_prefix(prefix.encode())}
-        return cls(await store.list_json(layout.node_status_prefix),
-                   await store.list_json(layout.gateway_status_prefix()), time.time(), holders)
+        """An unreadable value raises CorruptObjectError naming its key (one error line)."""
+        holders = await read_holders(store.client, store.layout.prefix)
+        return cls(await store.list_json(store.layout.node_status_prefix),
+                   await store.gateway_statuses(), time.time(), holders)
 
     def node_status(self, name: str) -> NodeStatus | None:
         st = self.nodes.get(name)

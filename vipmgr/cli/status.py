@@ -9,7 +9,6 @@ ran out of time (the old active still serves, or nobody does).
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,8 @@ from vipmgr.cli.resources import StatusView, node_criteria
 from vipmgr.core.placement import choices
 from vipmgr.store import events as history_store
 from vipmgr.store.events import GatewayEvent
-from vipmgr.store.switchover import switchover_key
+from vipmgr.store.placement import read_records
+from vipmgr.store.switchover import encode_switchover, switchover_key
 from vipmgr.resources.models import (
     KIND_BY_KIND,
     EgressGateway,
@@ -206,9 +206,7 @@ async def read_reports(store: ResourceStore, gateway: str | None) -> tuple[list[
 async def read_placement(store: ResourceStore) -> PlacementReport:
     everything = await store.list_all()
     view = await StatusView.read(store)
-    prefix = store.layout.placement_prefix
-    eligible = {kv.key.decode()[len(prefix):]
-                for kv in await store.client.get_prefix(prefix.encode())}
+    eligible = set(await read_records(store.client, store.layout.placement_prefix))
     return build_placement([o for o in everything if isinstance(o, EgressGateway)],
                            [o for o in everything if isinstance(o, Node)], view, eligible)
 
@@ -356,9 +354,8 @@ async def switchover(store: ResourceStore, gateway: str, target: str | None, wai
     elif not candidates:
         await _refuse(store, gateway, "", "no eligible standby to take over")
     old = report.active
-    request = {"to": target, "requested": time.time()}
     await store.client.put(switchover_key(store.layout.prefix, gateway).encode(),
-                           json.dumps(request).encode())
+                           encode_switchover(target, time.time()))
     click.echo(f"switchover of {gateway} requested" + (f" to {target}" if target else "")
                + f" (active now {old})")
     if not wait:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, NamedTuple
 
 import aetcd
 import aetcd.exceptions
@@ -40,8 +40,14 @@ from vipmgr.core.messages import (
     EtcdOp, EtcdResult, EtcdView, GrantLease, KeepAlive, PostChallenge, Release, RevokeLease,
     Vacate, Watch, WatchUpdate,
 )
+from vipmgr.store.codec import CorruptObjectError, key_suffix, load_object, prefix_end
 
 DEFAULT_PREFIX = "/vipmgr"
+
+
+def authority_prefix(prefix: str) -> str:
+    """Every gateway's authority key starts with this (``KeyLayout.authority_prefix``)."""
+    return f"{prefix}/authority/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +57,7 @@ class GatewayKeys:
 
     @property
     def authority(self) -> str:
-        return f"{self.prefix}/authority/{self.gateway}"
+        return f"{authority_prefix(self.prefix)}{self.gateway}"
 
     @property
     def term(self) -> str:
@@ -180,11 +186,47 @@ def decode_view(revision: int, kvs: Iterable[KV], keys: GatewayKeys) -> EtcdView
                     tuple(sorted(challenges, key=lambda c: c.challenger)))
 
 
+# --- who holds what, for everyone but the election (agent datapath, CLI) ---------------
+
+
+class Holder(NamedTuple):
+    """An authority key read back: the node holding the gateway and the fencing epoch."""
+
+    node: str
+    epoch: int  # the key's create_revision
+
+
+def decode_holder(kv: Any) -> Holder:
+    """One authority key-value as etcd returns it (``key``, ``value``, ``create_revision``);
+    a value that is not ``{"node": NAME, …}`` raises CorruptObjectError naming the key."""
+    where = kv.key.decode() if isinstance(kv.key, bytes) else kv.key
+    data = load_object(kv.value, where, "authority value",
+                       "delete the key with etcdctl (the holder's agent re-acquires it)")
+    node = data.get("node")
+    if not isinstance(node, str) or not node:
+        raise CorruptObjectError(f"stored authority value at {where} names no node "
+                                 "(\"node\" must be a node name); delete the key with etcdctl")
+    return Holder(node, kv.create_revision)
+
+
+async def read_holders(client: Any, prefix: str,
+                       on_corrupt: Callable[[CorruptObjectError], None] | None = None
+                       ) -> dict[str, Holder]:
+    """Every gateway's holder (gateway -> Holder). An unreadable authority value raises
+    CorruptObjectError, or with ``on_corrupt`` is handed to it and left out."""
+    base = authority_prefix(prefix)
+    holders = {}
+    for kv in await client.get_prefix(base.encode()):
+        try:
+            holders[key_suffix(kv.key, base)] = decode_holder(kv)
+        except CorruptObjectError as exc:
+            if on_corrupt is None:
+                raise
+            on_corrupt(exc)
+    return holders
+
+
 # --- executing on a real etcd ---------------------------------------------------------
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 def _is_lease_gone(exc: BaseException) -> bool:
@@ -256,7 +298,7 @@ class AuthorityExecutor:
         return [rpc.RequestOp(request_range=rpc.RangeRequest(key=k.authority.encode())),
                 rpc.RequestOp(request_range=rpc.RangeRequest(key=k.term.encode())),
                 rpc.RequestOp(request_range=rpc.RangeRequest(
-                    key=challenges, range_end=_prefix_end(challenges)))]
+                    key=challenges, range_end=prefix_end(challenges)))]
 
     async def _txn(self, txn: Txn) -> tuple[bool, int, EtcdView]:
         compare = []
@@ -295,7 +337,7 @@ class AuthorityExecutor:
         streams = [await self.client.watch(k.authority.encode()),
                    await self.client.watch(k.term.encode()),
                    await self.client.watch(k.challenges.encode(),
-                                           range_end=_prefix_end(k.challenges.encode()))]
+                                           range_end=prefix_end(k.challenges.encode()))]
 
         async def pump(stream) -> None:
             async for _ in stream:

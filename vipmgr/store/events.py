@@ -20,6 +20,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
+from vipmgr.store.codec import prefix_end
+
 KEEP = 100  # events per gateway
 TRIM_EVERY = 10  # an agent's appends per trim: at most KEEP + TRIM_EVERY per writer
 
@@ -61,11 +63,6 @@ def event_key(prefix: str, event: GatewayEvent) -> str:
             f"{event.node or '-'}-{event.kind}")
 
 
-def _range_end(key: bytes) -> bytes:
-    """The first key after every key starting with ``key`` (etcd's prefix range end)."""
-    return key[:-1] + bytes([key[-1] + 1])
-
-
 async def append(client, prefix: str, event: GatewayEvent, keep: int = KEEP,
                  trim: bool = True) -> None:
     """Write ``event`` and (``trim``) trim its gateway's history to the newest ``keep``."""
@@ -75,7 +72,7 @@ async def append(client, prefix: str, event: GatewayEvent, keep: int = KEEP,
     gw_prefix = events_prefix(prefix, event.gateway).encode()
     keys = [kv.key for kv in await client.get_prefix(gw_prefix, keys_only=True)]
     if len(keys) > keep:
-        await client.delete_range(keys[0], _range_end(keys[len(keys) - keep - 1]))
+        await client.delete_range(keys[0], prefix_end(keys[len(keys) - keep - 1]))
 
 
 async def history(client, prefix: str, gateway: str | None = None,

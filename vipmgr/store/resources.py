@@ -25,7 +25,10 @@ from vipmgr.resources.crosscheck import check_objects
 from vipmgr.resources.errors import Problem, Problems, ValidationError
 from vipmgr.resources.models import KIND_BY_KIND, KindInfo, Resource, parse_manifest
 from vipmgr.resources.selectors import LabelSelector
+from vipmgr.store.authority import authority_prefix
 from vipmgr.store.client import EtcdClient
+from vipmgr.store.codec import CorruptObjectError, key_suffix, load_json, prefix_end
+from vipmgr.store.switchover import switchover_prefix
 
 MAX_ATTEMPTS = 5
 DEFAULT_MAX_TXN_OPS = 128  # etcd's --max-txn-ops default
@@ -82,6 +85,21 @@ class KeyLayout:
 
     def gateway_status_key(self, gateway: str, node: str) -> str:
         return f"{self.gateway_status_prefix(gateway)}{node}"
+
+    def gateway_status_names(self, key: bytes | str) -> tuple[str, str]:
+        """(gateway, node) of a key under :meth:`gateway_status_prefix`."""
+        gateway, _, node = key_suffix(key, self.gateway_status_prefix()).partition("/")
+        return gateway, node
+
+    @property
+    def authority_prefix(self) -> str:
+        """Every gateway's authority key (store/authority.py): its holder and epoch."""
+        return authority_prefix(self.prefix)
+
+    @property
+    def switchover_prefix(self) -> str:
+        """Switchover requests, one per gateway (store/switchover.py)."""
+        return switchover_prefix(self.prefix)
 
 
 @dataclass
@@ -146,23 +164,21 @@ def _same_manifest(stored: bytes, new: bytes) -> bool:
         return False
 
 
-class CorruptObjectError(ValueError):
-    """A stored value is not a valid manifest (written by something other than vipmgr)."""
-
-
 def decode(value: bytes, mod_revision: int, where: str) -> Resource:
     """A stored manifest → resource; a corrupt value names its key and the fix."""
     problems = Problems()
-    try:
-        data = json.loads(value)
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise CorruptObjectError(f"stored object at {where} is not JSON ({exc}); delete the key "
-                                 "with etcdctl and apply the object again") from None
+    data = load_json(value, where, "object", "delete the key with etcdctl and apply the object "
+                     "again")
     obj = parse_manifest(data, problems, resource_version=mod_revision)
     if obj is None or problems:
         raise CorruptObjectError(f"stored object at {where} is invalid: {problems.items[0]}; "
                                  "delete the key with etcdctl and apply the object again")
     return obj
+
+
+def _status_doc(kv) -> Any:
+    return load_json(kv.value, kv.key.decode(), "status",
+                     "delete the key with etcdctl (its agent writes it again)")
 
 
 class ResourceStore:
@@ -189,16 +205,26 @@ class ResourceStore:
         return decode(kv.value, kv.mod_revision, key)
 
     async def list_json(self, prefix: str) -> dict[str, Any]:
-        """Agent-written status documents under ``prefix``, by the key's last segments."""
+        """Agent-written status documents under ``prefix``, by the key's last segments (an
+        unreadable one raises CorruptObjectError naming its key)."""
         result = await self.client.get_prefix(prefix.encode())
-        return {kv.key.decode()[len(prefix):]: json.loads(kv.value) for kv in result}
+        return {key_suffix(kv.key, prefix): _status_doc(kv) for kv in result}
+
+    async def gateway_statuses(self) -> dict[str, dict[str, Any]]:
+        """Every member status document: gateway -> node -> document."""
+        found: dict[str, dict[str, Any]] = {}
+        result = await self.client.get_prefix(self.layout.gateway_status_prefix().encode())
+        for kv in result:
+            gateway, node = self.layout.gateway_status_names(kv.key)
+            found.setdefault(gateway, {})[node] = _status_doc(kv)
+        return found
 
     # --- apply and delete: validate everything, then write in batches ----------------
 
     async def snapshot(self) -> Snapshot:
         """Every stored resource at one revision, read in pages (no response-size limit)."""
         prefix = self.layout.resources_prefix.encode()
-        end = prefix[:-1] + bytes([prefix[-1] + 1])
+        end = prefix_end(prefix)
         start, revision = prefix, 0
         values: dict[str, tuple[bytes, int]] = {}
         while True:

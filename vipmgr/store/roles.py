@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import aetcd.rpc as rpc
 
+from vipmgr.store.codec import prefix_end
+
 PROBE_KEY = "\0vipmgr-probe"   # store/client.py reads it to test a connection
 ADMIN_ROLE = "vipmgr-admin"
 READ, READWRITE = "read", "readwrite"
@@ -50,8 +52,7 @@ class Grant:
         """etcd's range end for a prefix ('' for one key)."""
         if not self.prefix:
             return ""
-        raw = self.key.encode()
-        return (raw[:-1] + bytes([raw[-1] + 1])).decode()
+        return prefix_end(self.key.encode()).decode()
 
     def etcdctl(self, role: str) -> str:
         key = self.key.replace("\0", "\\0")
