@@ -24,11 +24,14 @@ import aetcd.exceptions
 import grpc
 
 from vipmgr.core.messages import RoleChanged
+from vipmgr.core.roles import DATAPATH_ROLES, Role
 from vipmgr.store import events as store
 
 LOG = logging.getLogger("vipmgr.events")
 
-SERVING = ("active", "vrrp-active")
+SERVING = DATAPATH_ROLES  # the roles that serve (a role change's old/new are their values)
+# the roles a holder lets go from: serving, or fenced (holding authority, datapath down)
+HOLDING = DATAPATH_ROLES | {Role.FENCED}
 # Every failover reason label value; the metrics create them at 0 at join.
 REASONS = ("initial", "silence", "link-down", "cordon", "health", "switchover", "shutdown",
            "preempt", "rebalance", "etcd", "restart", "released", "superseded")
@@ -155,8 +158,8 @@ class GatewayEvents:
         except ETCD_ERRORS:
             return None
         for event in reversed(recent):
-            if event.node == holder and event.kind == "role" and event.old in SERVING + (
-                    "fenced",) and since - event.at < LOOKUP_WINDOW:
+            if event.node == holder and event.kind == "role" and event.old in HOLDING \
+                    and since - event.at < LOOKUP_WINDOW:
                 return event.reason
         return None
 

@@ -24,6 +24,7 @@ from vipmgr.core.messages import (
 )
 from vipmgr.agent.placement import NodePlacement
 from vipmgr.core.placement import choices, rank_key, rendezvous_priority
+from vipmgr.core.roles import DATAPATH_ROLES
 from vipmgr.sim.etcd import EtcdModel
 from vipmgr.sim.schedule import HB_FAULTS, Episode, Schedule
 from vipmgr.store.authority import GatewayKeys, plan
@@ -32,7 +33,7 @@ HB_DELAY = (0.0001, 0.0005)    # LAN one-way
 ETCD_DELAY = (0.0003, 0.0015)  # one way to the etcd leader and its apply
 CALM = 1.0                     # seconds without any disturbance after which no role may change
 SETTLED = 0.3                  # stop this long after every gateway has one stable active
-ACTIVE_ROLES = ("active", "vrrp-active")
+ACTIVE_ROLES = DATAPATH_ROLES  # the serving roles (core.roles)
 MEMBERSHIP_DELAY = (0.0005, 0.02)  # a label change reaches each node's store watch
 # Workers steer to the node the authority key names: egress flows while that node's
 # datapath is effective. During an etcd partition of the holder alone it may stop at
