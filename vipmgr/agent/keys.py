@@ -32,6 +32,7 @@ import grpc
 
 from vipmgr.agent.backoff import Backoff
 from vipmgr.agent.config import AgentConfig
+from vipmgr.agent.watch import watch_with_reconnect
 from vipmgr.store.client import EtcdClient, EtcdUnavailable
 from vipmgr.store.keys import (KeyDoc, KeyDocError, RotationRefused, ensure_keys, keys_key,
                                permission_denied, read_keys, rotate_keys, utc)
@@ -159,23 +160,24 @@ class HeartbeatKeys:
             await asyncio.gather(watch, return_exceptions=True)
 
     async def _watch(self) -> None:
-        key = keys_key(self.prefix).encode()
-        backoff = Backoff()
-        while True:
-            try:
-                stream = await self.client.watch(key)
-                backoff.reset()
-                doc, mod = await read_keys(self.client, self.prefix)   # what a break missed
-                self._offer(doc, mod)
-                async for event in stream:
-                    self._offer(KeyDoc.from_json(event.kv.value, key.decode())
-                                if event.kv.value else None, event.kv.mod_revision)
-            except KeyDocError as exc:
+        key = keys_key(self.prefix)
+
+        async def reread() -> None:   # what a break missed
+            self._offer(*await read_keys(self.client, self.prefix))
+
+        def on_event(event) -> None:
+            self._offer(KeyDoc.from_json(event.kv.value, key) if event.kv.value else None,
+                        event.kv.mod_revision)
+
+        def on_error(exc: BaseException) -> None:
+            if isinstance(exc, KeyDocError):
                 LOG.error(f"heartbeat keys unchanged: {exc}", extra={"node": self.node})
-            except ETCD_ERRORS as exc:
+            else:
                 LOG.debug(f"heartbeat key watch broke: {type(exc).__name__}",
                           extra={"node": self.node})
-            await backoff.wait()
+
+        await watch_with_reconnect(self.client, key.encode(), on_open=reread, on_event=on_event,
+                                   errors=(KeyDocError, *ETCD_ERRORS), on_error=on_error)
 
     def _offer(self, doc: KeyDoc | None, mod: int) -> None:
         if doc is None:

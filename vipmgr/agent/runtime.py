@@ -42,18 +42,22 @@ from vipmgr.agent.selfcheck import (
     KernelChanges, KernelCheck, check_kernel, gateway_problems, node_problems,
 )
 from vipmgr.agent.snapshot import Snapshot
-from vipmgr.store.switchover import switchover_key, switchover_prefix
+from vipmgr.agent.watch import watch_with_reconnect
 from vipmgr.core.election import Cause
 from vipmgr.agent.placement import NodePlacement
 from vipmgr.dataplane.plan import GarpSettings, egress_ip
 from vipmgr.dataplane.reconcile import Dataplane
 from vipmgr.health.checks import run_monitor
-from vipmgr.health.eligibility import evaluate_eligibility
+from vipmgr.health.eligibility import Eligibility, evaluate, member_reasons
 from vipmgr.health.monitor import HealthMonitor, Transition
 from vipmgr.resources.models import EgressGateway
 from vipmgr.resources.status import NodeStatus
+from vipmgr.store.authority import read_holders
 from vipmgr.store.client import EtcdClient, EtcdUnavailable, connect
+from vipmgr.store.codec import CorruptObjectError, prefix_end
+from vipmgr.store.placement import read_records
 from vipmgr.store.resources import KeyLayout, ResourceStore
+from vipmgr.store.switchover import decode_switchover, read_requests, switchover_key
 from vipmgr.wire.codec import Encoder
 from vipmgr.wire.message import Advert as WireAdvert
 from vipmgr.wire.receiver import Receiver
@@ -122,7 +126,8 @@ class Agent:
         self._membership_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
         self._health_task: asyncio.Task | None = None
-        self._last_eligibility: dict[str, tuple[bool, bool]] = {}
+        self._last_eligibility: dict[str, Eligibility] = {}  # what each election was told
+        self._corrupt_logged: set[str] = set()
         self._registration_problem: str | None = None
         self.placement = NodePlacement(self.node, config.placement_hold_down)
         self._placement_timer: asyncio.TimerHandle | None = None
@@ -198,11 +203,11 @@ class Agent:
                                                  self._placement_read,
                                                  lambda _e: self._placement_read()),
                                 name="watch-placement"),
-            asyncio.create_task(self._watch_loop("authority", f"{self.layout.prefix}/authority/",
+            asyncio.create_task(self._watch_loop("authority", self.layout.authority_prefix,
                                                  self._holders_changed,
                                                  lambda _e: self._holders_changed()),
                                 name="watch-authority"),
-            asyncio.create_task(self._watch_loop("switchover", switchover_prefix(self.layout.prefix),
+            asyncio.create_task(self._watch_loop("switchover", self.layout.switchover_prefix,
                                                  self._switchover_requested,
                                                  lambda _e: self._switchover_requested()),
                                 name="watch-switchover"),
@@ -298,36 +303,35 @@ class Agent:
 
     async def _watch_loop(self, name: str, prefix: str, on_open: Callable[[], Awaitable[None]],
                           on_event: Callable[[object], Awaitable[None] | None]) -> None:
-        """Watch ``prefix`` forever. ``on_open`` runs each time the watch is (re)established,
-        after the watch starts, so a full re-read there misses nothing; ``on_event`` gets
-        each event."""
-        backoff = Backoff()
+        """Watch ``prefix`` forever (agent/watch.py). ``on_open`` runs each time the watch is
+        (re)established, after the watch starts, so a full re-read there misses nothing;
+        ``on_event`` gets each event."""
+        def broke(exc: BaseException) -> None:
+            self.metrics.etcd_connection(False)
+            LOG.debug(f"watch {name} broke: {type(exc).__name__}", extra={"node": self.node})
+
         key = prefix.encode()
-        end = key[:-1] + bytes([key[-1] + 1])
-        while True:
-            try:
-                stream = await self.client.watch(key, range_end=end)
-                backoff.reset()
-                await on_open()
-                async for event in stream:
-                    pending = on_event(event)
-                    if pending is not None:
-                        await pending
-            except ETCD_ERRORS as exc:
-                self.metrics.etcd_connection(False)
-                LOG.debug(f"watch {name} broke: {type(exc).__name__}", extra={"node": self.node})
-            await backoff.wait()
+        await watch_with_reconnect(self.client, key, range_end=prefix_end(key), on_open=on_open,
+                                   on_event=on_event, errors=ETCD_ERRORS, on_error=broke)
 
     async def _resync_loop(self) -> None:
+        backoff = Backoff()
         while True:
             await self._resync.wait()
             self._resync.clear()
             try:
                 await self._resync_now()
+                backoff.reset()
             except ETCD_ERRORS as exc:
                 LOG.warning(f"resync failed: {type(exc).__name__}", extra={"node": self.node})
-                await asyncio.sleep(0.2)
+                await backoff.wait()
                 self._resync.set()
+
+    def _corrupt(self, exc: CorruptObjectError) -> None:
+        """An unreadable value in the store: skipped, said once per value."""
+        if str(exc) not in self._corrupt_logged:
+            self._corrupt_logged.add(str(exc))
+            LOG.error(f"ignored: {exc}", extra={"node": self.node})
 
     async def _resync_now(self) -> None:
         """A full read of the resources (start, watch re-established, slow backstop)."""
@@ -365,28 +369,29 @@ class Agent:
         self._status_dirty.set()
 
     async def _holders_changed(self) -> None:
-        prefix = f"{self.layout.prefix}/authority/"
         try:
-            result = await self.client.get_prefix(prefix.encode())
+            holders = await read_holders(self.client, self.layout.prefix, self._corrupt)
         except ETCD_ERRORS:
             return
-        holders = {kv.key.decode()[len(prefix):]: json.loads(kv.value)["node"] for kv in result}
-        self.datapath.set_holders(holders)
-        self.holders = holders
+        self.holders = {gateway: holder.node for gateway, holder in holders.items()}
+        self.datapath.set_holders(self.holders)
         self._placement_apply()
 
     async def _switchover_requested(self) -> None:
-        prefix = switchover_prefix(self.layout.prefix)
-        result = await self.client.get_prefix(prefix.encode())
-        for kv in result:
-            gateway = kv.key.decode()[len(prefix):]
+        """Take the requests of the gateways this node serves (deleted, then handed over)."""
+        for gateway, raw in (await read_requests(self.client, self.layout.prefix)).items():
             member = self.members.get(gateway)
             if member is None or not member.serving:
                 continue
-            target = json.loads(kv.value).get("to")
+            key = switchover_key(self.layout.prefix, gateway)
+            try:
+                target = decode_switchover(raw, key).to
+            except CorruptObjectError as exc:
+                self._corrupt(exc)
+                continue
             LOG.info(f"{gateway}: switchover requested" + (f" to {target}" if target else ""),
                      extra={"gateway": gateway, "node": self.node})
-            await self.client.delete(switchover_key(self.layout.prefix, gateway).encode())
+            await self.client.delete(key.encode())
             member.switchover(target)
 
     # --- membership -------------------------------------------------------------------
@@ -422,13 +427,11 @@ class Agent:
 
     async def _placement_read(self) -> None:
         """Every node's eligibility record (start, and each change of one)."""
-        prefix = self.layout.placement_prefix
         try:
-            kvs = await self.client.get_prefix(prefix.encode())
+            records = await read_records(self.client, self.layout.placement_prefix)
         except ETCD_ERRORS:
             return
-        self.placement.records({kv.key.decode()[len(prefix):]: kv.value for kv in kvs},
-                               time.time())
+        self.placement.records(records, time.time())
         self._placement_apply()
 
     def _placement_update(self) -> bool:
@@ -492,10 +495,10 @@ class Agent:
         self.metrics.gateway_joined(gw.name)
         LOG.info(f"{gw.name}: joined (members {', '.join(members)}, priority {priority}, "
                  f"interface {interface or '-'})", extra={"gateway": gw.name, "node": self.node})
-        healthy, cordoned = self._eligibility_inputs(gw)
-        member.start(healthy, cordoned)
-        self._last_eligibility[gw.name] = (healthy, cordoned)
-        self.metrics.gateway_eligibility(gw.name, healthy and not cordoned)
+        told = self._eligibility(gw)
+        member.start(told.healthy, told.cordoned)
+        self._last_eligibility[gw.name] = told
+        self.metrics.gateway_eligibility(gw.name, told.eligible)
 
     async def _leave(self, name: str, why: str) -> None:
         member = self.members.pop(name)
@@ -536,17 +539,12 @@ class Agent:
 
     # --- eligibility ------------------------------------------------------------------
 
-    def _eligibility_inputs(self, gw: EgressGateway) -> tuple[bool, bool]:
-        """(healthy, cordoned) as the core sees them for ``gw``."""
-        me = self.snapshot.nodes.get(self.node)
-        cordoned = bool(me and me.unschedulable)
-        healthy = self.monitor.ready and not self._datapath_problems(gw)
-        return healthy, cordoned
-
-    def _why_unhealthy(self, gw: EgressGateway) -> str:
-        """The first reason the node may not serve ``gw`` (the release names it)."""
-        reasons = self.monitor.failing_reasons() + self._datapath_problems(gw)
-        return reasons[0] if reasons else ""
+    def _eligibility(self, gw: EgressGateway) -> Eligibility:
+        """``gw``'s eligibility here from this moment's inputs (health/eligibility.py)."""
+        return evaluate(health_ready=self.monitor.ready,
+                        health_reasons=self.monitor.failing_reasons(),
+                        cordoned=self._last_cordoned(),
+                        datapath_problems=self._datapath_problems(gw))
 
     def _datapath_problems(self, gw: EgressGateway | None = None) -> list[str]:
         """The node's own problems, and with ``gw`` also those of that gateway alone."""
@@ -559,18 +557,19 @@ class Agent:
         return problems
 
     def _update_eligibility(self) -> None:
+        """Tell each election what changed in its eligibility (health/eligibility.py)."""
         changed = False
         for name, member in self.members.items():
-            healthy, cordoned = self._eligibility_inputs(member.gateway)
+            new = self._eligibility(member.gateway)
             old = self._last_eligibility.get(name)
-            if old is None or old[0] != healthy:
-                member.set_eligible(healthy, "" if healthy else self._why_unhealthy(member.gateway))
-            if old is None or old[1] != cordoned:
-                member.set_cordoned(cordoned)
-            if old != (healthy, cordoned):
+            if old is None or old.healthy != new.healthy:
+                member.set_eligible(new.healthy, new.release_reason)
+            if old is None or old.cordoned != new.cordoned:
+                member.set_cordoned(new.cordoned)
+            if old is None or old.inputs != new.inputs:
                 changed = True
-                self._last_eligibility[name] = (healthy, cordoned)
-                self.metrics.gateway_eligibility(name, healthy and not cordoned)
+                self._last_eligibility[name] = new
+                self.metrics.gateway_eligibility(name, new.eligible)
         if changed:
             self._status_dirty.set()
 
@@ -679,10 +678,9 @@ class Agent:
             datapath_ready=not dp_problems, datapath_reason="; ".join(dp_problems),
             updated=time.time(), agent_version=_version())
         self.metrics.probes_updated(self.monitor.statuses())
-        eligibility = evaluate_eligibility(
+        eligibility = evaluate(  # the node-wide part: its own problems, no gateway's
             health_ready=self.monitor.ready, health_reasons=self.monitor.failing_reasons(),
-            cordoned=self._last_cordoned(), datapath_ready=not dp_problems,
-            datapath_reasons=dp_problems)
+            cordoned=self._last_cordoned(), datapath_problems=dp_problems)
         self.metrics.node_eligibility(eligibility)
         await self._placement_publish(lease, eligibility.node_eligible)
         await self.client.put(self.layout.node_status_key(self.node).encode(),
@@ -690,11 +688,11 @@ class Agent:
         horizon = time.time() - 3 * max(0.05, max(
             (m.timers.standby_advert_interval for m in self.members.values()), default=0.05))
         for name, member in list(self.members.items()):
-            healthy, cordoned = self._last_eligibility.get(name, (False, False))
-            reasons = [] if healthy else (self.monitor.failing_reasons()
-                                          + self._datapath_problems(member.gateway))
-            if cordoned:
-                reasons.append("cordoned")
+            # the flags as the election was last told; the reasons as of now
+            told = self._last_eligibility.get(name)
+            healthy, cordoned = told.inputs if told is not None else (False, False)
+            reasons = member_reasons(healthy, cordoned,
+                                     () if healthy else self._eligibility(member.gateway).problems)
             heard = {peer: t for peer, t in self.heard.get(name, {}).items() if t >= horizon}
             doc = member.status(healthy and not cordoned, reasons, heard)
             await self.client.put(self.layout.gateway_status_key(name, self.node).encode(),
