@@ -35,7 +35,7 @@ from vipmgr.wire.keys import KeyRing
 from vipmgr.wire.message import Advert, Frame, Reject, Role
 from vipmgr.wire.receiver import Receiver
 from vipmgr.wire.transport import HeartbeatTransport, in_netns, open_vrrp_socket
-from waiting import wait_for
+from waiting import holds_for, wait_for, wait_for_async
 
 pytestmark = [pytest.mark.netns]
 
@@ -104,7 +104,10 @@ def test_receiver_in_another_namespace_rejects_every_attack_as_auth(netns_lab, c
                 await asyncio.sleep(0.02)
         beats = asyncio.create_task(beat())
         try:
-            await asyncio.sleep(0.1)
+            # the receiver is up and has counted a genuine advert: the capture's original
+            # reaches it before any copy
+            await wait_for_async(lambda: tb.receiver.counters.get("accepted", 0) > 0, 5,
+                                 "node-b accepting node-a's adverts")
             pkt, _ = await asyncio.to_thread(capture, spy, lambda f: f.advert.node == "node-a")
             before = dict(tb.receiver.counters)
             forger = Encoder(ATTACKER_KEY).encode(dataclasses.replace(genuine, priority=255),
@@ -112,7 +115,12 @@ def test_receiver_in_another_namespace_rejects_every_attack_as_auth(netns_lab, c
             edited = list(tampered(pkt).values())
             n_auth = send_copies(spy, edited + [forger], ADDR["b"])
             send_copies(spy, [pkt], ADDR["b"])                    # the unchanged capture
-            await asyncio.sleep(0.2)
+
+            def delta(reason):
+                return tb.receiver.counters.get(reason, 0) - before.get(reason, 0)
+            await wait_for_async(lambda: delta(Reject.AUTH) >= n_auth
+                                 and delta(Reject.REPLAY) >= COPIES, 5,
+                                 "every copy counted")
             got = tb.receiver.counters
             assert got[Reject.AUTH] - before.get(Reject.AUTH, 0) == n_auth
             assert got[Reject.REPLAY] - before.get(Reject.REPLAY, 0) == COPIES
@@ -230,9 +238,14 @@ def test_the_lab_runs_authenticated_and_every_attack_is_counted_as_auth(lab):
         send_copies(sock, [pkt], "224.0.0.18")   # unchanged: its source is the owner's own
     finally:
         sock.close()
-    time.sleep(1.0)
-    for node in GWS:
+
+    def counted(node: str) -> dict[str, float] | None:
         after = metrics(lab, node)
+        done = after.get("auth", 0) - before[node].get("auth", 0) >= n_auth and (
+            node == owner or after.get("replay", 0) - before[node].get("replay", 0) >= COPIES)
+        return after if done else None
+    for node in GWS:
+        after = wait_for(lambda: counted(node), 10, f"{node} counting every copy", step=0.1)
         assert after.get("auth", 0) - before[node].get("auth", 0) == n_auth, (node, after)
         if node != owner:    # the owner's kernel drops a datagram with its own source
             assert after.get("replay", 0) - before[node].get("replay", 0) == COPIES
@@ -251,7 +264,7 @@ async def main():
     try:
         doc = await rotate_keys(client, "/vipmgr", time.time(), activation_delay=2.0,
                                 overlap=2.0)
-        print(doc.current.id)
+        print(doc.current.id, doc.previous.retires)
     finally:
         await client.close()
 asyncio.run(main())
@@ -266,12 +279,17 @@ def test_key_rotation_under_traffic_rejects_nothing_and_moves_no_role(lab):
     before = {n: metrics(lab, n) for n in GWS}
     out = lab.exec("etcd", [sys.executable, "-c", ROTATE])
     assert out.returncode == 0, out.stderr
-    new_id = out.stdout.strip()
-    time.sleep(5.0)                    # activation (2 s) + overlap (2 s) + slack
-    for node in GWS:
-        after = metrics(lab, node)
-        assert after.get("auth", 0) == before[node].get("auth", 0), (node, after)
-        assert f"heartbeat key {new_id} signs" in lab.log_tail(node, lines=400), node
+    new_id, retires = out.stdout.split()
+
+    def none_rejected() -> bool:
+        return all(metrics(lab, n).get("auth", 0) == before[n].get("auth", 0) for n in GWS)
+    for node in GWS:     # activation: 2 s after the rotation
+        wait_for(lambda: f"heartbeat key {new_id} signs" in lab.log_tail(node, lines=400),
+                 15, f"{node} signing with {new_id}", step=0.2)
+    # then the previous key retires at the time the document says (the overlap, 2 s): only
+    # the new key verifies from there. Nothing rejected from now until well past it.
+    holds_for(none_rejected, max(0.0, float(retires) - time.time()) + 1.0,
+              "no heartbeat rejected through the overlap and the retirement", step=0.1)
     assert single_owner(lab) == owner and epoch(lab) == first_epoch
 
 
@@ -309,6 +327,7 @@ sock = open_vrrp_socket("eth0")
 encoder = Encoder(bytes.fromhex(key) if key != "-" else None, seq_start=1 << 62)
 print("ready", flush=True)
 sent, end = 0, time.monotonic() + float(seconds)
+first = True
 while time.monotonic() < end:
     if not select.select([sock], [], [], 0.1)[0]:
         continue
@@ -322,6 +341,9 @@ while time.monotonic() < end:
                                    heard=tuple(n for n in nodes if n != peer))
         sock.sendto(encoder.encode(echo, src, active_ip), (active_ip, 0))
         sent += 1
+    if first:
+        print("echoing", flush=True)
+        first = False
 print(sent)
 """
 
@@ -355,7 +377,9 @@ def echo_attack(lab, key: bytes | None, seconds: float = 4.0) -> EchoAttack:
     dual = []
     try:
         assert attacker.stdout.readline().strip() == "ready"    # imports take a while
-        time.sleep(0.3)
+        # it answers the active's adverts before the cut (the line comes within the
+        # attack's seconds: the forger exits after them, printing its count instead)
+        assert attacker.stdout.readline().strip() == "echoing"
         cut(lab, active)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:

@@ -22,6 +22,7 @@ from vipmgr.lab.chaos import BOUND, ETCD3_TOPOLOGY, etcd_members
 from vipmgr.lab.etcd import endpoint_hosts
 from vipmgr.lab.runtime import deploy, destroy
 from vipmgr.lab.topology import default_topology_path, load
+from waiting import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -123,9 +124,11 @@ def test_partitioned_member_the_agents_use_moves_them_and_nobody_else(lab, bench
     member = member_in_use(lab, bench.wait_stable())
     bench.action = lambda: lab._drop(member, ["iifname eth0 drop"], ["oifname eth0 drop"])
     result = bench.trial(0, "crash")
-    time.sleep(1.0)
-    moved = moved_logs(lab) - before
-    restore(lab, member)
+    try:
+        moved = wait_for(lambda: moved_logs(lab) - before, 10,
+                         "an agent logging a move to another etcd member", step=0.1)
+    finally:
+        restore(lab, member)
     assert result.served_by == [result.active_before], result
     assert result.recovered and result.outage_ms < BOUND * 1000, result
     assert moved >= 1, "no agent logged a move to another etcd member"

@@ -55,6 +55,9 @@ def test_a_reset_and_a_silent_flow_are_counted_as_lost():
         sink.listen()
         port = sink.getsockname()[1]
         task = asyncio.create_task(flows.run("127.0.0.1", port, 2, 1.0, alive_within=0.3))
+        # not synchronisation (the accepts below wait for the connections): the silence
+        # the client meets before one connection is reset; any pause well inside the
+        # 1 s run gives the same counts
         await asyncio.sleep(0.3)
         conns = [await loop.sock_accept(sink) for _ in range(2)]
         conns[0][0].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
