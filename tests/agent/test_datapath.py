@@ -298,21 +298,6 @@ def run(test):
     asyncio.run(main())
 
 
-@pytest.fixture
-def records():
-    """What vipmgr.datapath logs (independent of the agent's logging set-up)."""
-    out: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = out.append
-    logger = logging.getLogger("vipmgr.datapath")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield out
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 def test_a_program_takes_with_one_reconcile_that_arms_it():
     async def test(w: World):
         await w.started()

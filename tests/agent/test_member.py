@@ -159,21 +159,6 @@ async def until(cond, timeout: float = 2.0) -> None:
         await asyncio.sleep(0.001)
 
 
-@pytest.fixture
-def records():
-    """What the agent logs under "vipmgr" (independent of its logging set-up)."""
-    out: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = out.append
-    logger = logging.getLogger("vipmgr")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield out
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 def test_program_and_withdraw_reach_the_datapath_in_the_cores_order():
     async def test(w: World):
         w.scripted([Program(until=10.0), Withdraw(), Program(until=20.0)], [Withdraw()])
