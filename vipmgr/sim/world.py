@@ -833,7 +833,15 @@ class World:
         for gw, el, event in backlog:
             self._deliver(node, gw, el, event)
         for gw in list(node.elections):
-            self._handle(node, gw, Tick())
+            # What changed while frozen reaches the agent as it resumes (the real one
+            # re-evaluates its eligibility): a cordon lifted meanwhile must not stick.
+            el = node.elections[gw]
+            if el.healthy != node.healthy:
+                self._handle(node, gw, HealthChanged(node.healthy))
+            if gw in node.elections and el.cordoned != node.cordoned:
+                self._handle(node, gw, Cordoned(node.cordoned))
+            if gw in node.elections:
+                self._handle(node, gw, Tick())
 
     def _change_membership(self, ep: Episode, node: SimNode, starting: bool) -> None:
         """Label or priority edit in the store; each agent's watch sees it a little later."""
