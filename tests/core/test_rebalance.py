@@ -98,11 +98,11 @@ def test_free_authority_waits_the_listen_time_after_our_priority_changed():
 
 
 def first_acquire(first_choice: str | None, hear_first_at: float | None = None,
-                  held_before: bool = False) -> float:
+                  held_before: bool = False, first_eligible_at: float = 0.0) -> float:
     """When a (members a, b, c) takes a gateway nobody holds (never held, or with
     ``held_before`` vacated before a joined: deleted and applied again); c is heard at
     once, b (the placement's first choice, or not) from ``hear_first_at`` on (None:
-    never). Returns the time since a's start."""
+    never), eligible from ``first_eligible_at`` on. Returns the time since a's start."""
     from vipmgr.core.messages import Acquire, Shutdown
 
     etcd, t0 = None, 0.0
@@ -119,7 +119,8 @@ def first_acquire(first_choice: str | None, hear_first_at: float | None = None,
         d.run_until(t)
         d.hear("c", role=ROLE_STANDBY, priority=50, at=t)
         if hear_first_at is not None and t >= hear_first_at:
-            d.hear("b", role=ROLE_STANDBY, priority=100, at=t)
+            d.hear("b", role=ROLE_STANDBY, priority=100, at=t,
+                   eligible=t >= t0 + first_eligible_at)
     assert d.of(Acquire), "never acquired"
     return t - t0
 
@@ -148,3 +149,20 @@ def test_a_gateway_applied_again_waits_for_its_first_choice_too():
     waited = first_acquire("b", held_before=True)
     assert FIRST_CHOICE_WAIT <= waited < FIRST_CHOICE_WAIT + STEP
     assert first_acquire("a", held_before=True) < T.listen_time + STEP
+
+
+def test_a_new_gateway_waits_for_its_first_choice_that_is_heard_but_not_eligible_yet():
+    """An agent that has just started advertises before its own health and dataplane
+    checks have passed: heard, but not yet eligible. In the lab the third-ranked node took
+    a new gateway 230 ms after joining because the first choice it heard was still
+    ineligible (not outranking it), and rebalance moved it back 10 s later."""
+    from vipmgr.core.config import FIRST_CHOICE_WAIT
+
+    never = 10.0
+    waited = first_acquire("b", hear_first_at=0.0, first_eligible_at=never)
+    assert FIRST_CHOICE_WAIT <= waited < FIRST_CHOICE_WAIT + STEP, "b never eligible: bounded"
+    # eligible late, b still does not outrank a in this election (100 < 200): a then acts
+    # on its own rank at once instead of waiting out the rest of the bound
+    assert first_acquire("b", hear_first_at=0.0, first_eligible_at=0.5) < 0.5 + STEP
+    assert first_acquire("c", hear_first_at=0.0, first_eligible_at=never) < T.listen_time + STEP, \
+        "c (heard, eligible from the start in first_acquire) is not awaited"

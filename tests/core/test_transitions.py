@@ -91,8 +91,8 @@ class Driver:
         self.now = t
 
     def hear(self, node, role=ROLE_ACTIVE, epoch=0, priority=50, echo=None, at=None,
-             etcd_ok=True):
-        adv = Advert(GW, node, role, epoch, priority, True, etcd_ok, (), self.now if at is None
+             etcd_ok=True, eligible=True):
+        adv = Advert(GW, node, role, epoch, priority, eligible, etcd_ok, (), self.now if at is None
                      else at, echo and self.el.cfg.node, echo or 0.0)
         return self.feed(Heartbeat(adv), at)
 

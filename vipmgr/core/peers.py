@@ -94,12 +94,15 @@ class Hearing:
                       if p.advert.node != vacated_by])
 
     def _awaits_first_choice(self) -> bool:
-        """The placement's first choice is another member we have not heard yet: it may
-        have joined the gateway a moment after us (its agent was busy), so a gateway
-        never held waits a suspect time for it before going elsewhere."""
+        """The placement's first choice is another member we have not heard yet, or heard
+        but not eligible yet: it may have joined the gateway a moment after us (its agent
+        was busy), or be advertising before its own first health and dataplane checks
+        passed, so a gateway never held waits a bounded time for it before going
+        elsewhere."""
         first = self.cfg.first_choice
-        return first is not None and first != self.cfg.node and first in self._others \
-            and first not in self._heard_peers()
+        if first is None or first == self.cfg.node or first not in self._others:
+            return False
+        return first not in self._heard_peers() or not self._peers[first].advert.eligible
 
     def _withdrawn_holder(self, adv: Advert) -> bool:
         """A standby advert, newer than its last active one, from the node we followed as
