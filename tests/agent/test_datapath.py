@@ -16,7 +16,8 @@ from vipmgr.agent.datapath import NodeDatapath
 from vipmgr.agent.servebook import Outcome, Serve, ServeBook
 from vipmgr.dataplane.kernel import KernelError
 from vipmgr.dataplane.plan import ActiveRole, GarpSettings, GatewayPlan, NodePlan
-from vipmgr.dataplane.reconcile import Refresh, Report
+from vipmgr.dataplane.nftstate import Refresh
+from vipmgr.dataplane.reconcile import Report
 
 
 # --- ServeBook ------------------------------------------------------------------------

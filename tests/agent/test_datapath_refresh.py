@@ -12,7 +12,7 @@ import pytest
 from vipmgr.agent.datapath import NodeDatapath
 from vipmgr.dataplane.kernel import KernelError
 from vipmgr.dataplane.plan import GarpSettings
-from vipmgr.dataplane.reconcile import Refresh
+from vipmgr.dataplane.nftstate import Refresh
 
 
 class Metrics:

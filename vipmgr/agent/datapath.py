@@ -27,8 +27,9 @@ from vipmgr.agent.ctsync import ConntrackSync
 from vipmgr.agent.metrics import AgentMetrics
 from vipmgr.agent.servebook import Outcome, Serve, ServeBook
 from vipmgr.dataplane.kernel import KernelError
+from vipmgr.dataplane.nftstate import Refresh
 from vipmgr.dataplane.plan import GarpSettings, NodePlan
-from vipmgr.dataplane.reconcile import Dataplane, Refresh
+from vipmgr.dataplane.reconcile import Dataplane
 
 LOG = logging.getLogger("vipmgr.datapath")
 RETRY_AFTER = 0.2  # seconds before a failed reconcile is tried again

@@ -30,7 +30,7 @@ from __future__ import annotations
 import enum
 from typing import Iterable
 
-from vipmgr.dataplane.reconcile import Refresh
+from vipmgr.dataplane.nftstate import Refresh
 
 
 class Serve(enum.Enum):

@@ -10,6 +10,7 @@ one so that one VM joining costs one element. CIDR sets are written collapsed
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import ipaddress
 import re
@@ -376,3 +377,14 @@ def arm_targets(plan: NodePlan) -> dict[str, ArmTarget]:
     return {gw.name: ArmTarget(gw.name, gw.active.egress_ip, gw.active.add_address,
                                gw.active.deadman_timeout)
             for gw in plan.active if gw.active is not None}
+
+
+class Refresh(enum.Enum):
+    """What one dead-man refresh did; true only when it armed."""
+
+    ARMED = "armed"
+    LATE = "late"   # its deadline had passed before it ran (a loaded machine): not armed
+    GONE = "gone"   # the gateway is not served here (withdrawn, or our table was flushed)
+
+    def __bool__(self) -> bool:
+        return self is Refresh.ARMED

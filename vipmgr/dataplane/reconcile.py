@@ -34,7 +34,6 @@ reconcile in progress never delays it.
 from __future__ import annotations
 
 import concurrent.futures
-import enum
 import socket
 import threading
 import time
@@ -44,6 +43,7 @@ from typing import Callable, Mapping
 from pyroute2 import Conntrack, IPRoute
 
 from vipmgr.dataplane import conntrack, garp, layout as L, nftstate
+from vipmgr.dataplane.nftstate import Refresh
 from vipmgr.dataplane.kernel import KernelError, NetnsThread, Nft, NftMissing
 from vipmgr.dataplane.nftarm import ArmSocket, CounterReader
 from vipmgr.dataplane.rtnl import RouteKey, RouteSocket, RouteVal
@@ -111,17 +111,6 @@ def desired_routes(plan: NodePlan) -> tuple[set[tuple[str, str]], dict[RouteKey,
             else ("blackhole", None)
         rules.add((L.STEER_RULE_PRIORITY, table, L.mark(sp.slot), L.MARK_MASK))
     return addrs, routes, rules
-
-
-class Refresh(enum.Enum):
-    """What one dead-man refresh did; true only when it armed."""
-
-    ARMED = "armed"
-    LATE = "late"   # its deadline had passed before it ran (a loaded machine): not armed
-    GONE = "gone"   # the gateway is not served here (withdrawn, or our table was flushed)
-
-    def __bool__(self) -> bool:
-        return self is Refresh.ARMED
 
 
 class Dataplane:
