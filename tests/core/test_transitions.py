@@ -17,7 +17,7 @@ from vipmgr.core.election import (
 from vipmgr.core.messages import (
     OK, ROLE_ACTIVE, ROLE_STANDBY, Acquire, Advert, Answer, Cordoned, Depose, EtcdResult,
     GrantLease, HealthChanged, Heartbeat, KeepAlive, PostChallenge, Program, Release, RevokeLease,
-    Shutdown, Start, SwitchoverRequested, Tick, Watch, WatchUpdate, Withdraw,
+    RoleChanged, Shutdown, Start, SwitchoverRequested, Tick, Watch, WatchUpdate, Withdraw,
 )
 from vipmgr.sim.etcd import EtcdModel
 from vipmgr.store.authority import GatewayKeys, plan
@@ -151,6 +151,7 @@ PROTOCOL = {
     ("vrrp-active", "lost-authority"): "standby",
     ("vrrp-active", "vrrp-yield"): "standby",
     ("vrrp-active", "ineligible"): "standby",
+    ("vrrp-active", "paused"): "standby",     # woke after its dead-man expired
     ("vrrp-active", "stop"): "stopped",
 }
 # onEtcdLoss vrrp: an active whose evidence lapses keeps serving like a VRRP master.
@@ -328,6 +329,27 @@ def test_a_paused_holder_fences_even_with_vrrp_policy():
     d.cut = True
     d.feed(Tick(), 1.0)  # nothing ran for a second: a freeze
     assert d.el.role is Role.FENCED
+
+
+def test_a_fallback_active_that_woke_after_its_dead_man_expired_does_not_program_again():
+    """Simulator seed 168186: n2, VRRP fallback during an etcd outage, froze for a second;
+    etcd came back and n4 took the gateway through etcd once n2's fallback horizon had
+    passed; n2 woke and refreshed its dead-man on its own word: two effective actives."""
+    d = active_driver(on_etcd_loss="vrrp")
+    d.cut = True
+    d.run_until(1.0)
+    assert d.el.role is Role.VRRP_ACTIVE
+    d.run_until(1.0 + T.advert_interval)      # scheduled on time: it keeps serving
+    assert d.el.role is Role.VRRP_ACTIVE and isinstance(d.actions[-2], Program)
+    before = len(d.actions)
+    d.feed(Tick(), 1.0 + T.advert_interval + T.deadman_timeout + 0.5)  # a freeze
+    tail = d.actions[before:]
+    assert not [a for a in tail if isinstance(a, Program)], "programmed after waking late"
+    assert Withdraw in [type(a) for a in tail]
+    changes = [(c.old, c.new, c.cause) for c in tail if isinstance(c, RoleChanged)]
+    assert changes[0] == ("vrrp-active", "standby", "paused")
+    # its key is still bound to its lease: it may serve again once etcd confirms it
+    assert d.el.role in (Role.STANDBY, Role.FENCED)
 
 
 @pytest.mark.parametrize("event", [HealthChanged(False), Cordoned(True), Shutdown(),

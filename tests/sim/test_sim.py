@@ -138,6 +138,25 @@ def test_seed_1114_a_stale_record_snapshot_does_not_drop_nodes_from_placement():
     assert run_one(1114, **PLACEMENT).violations == []
 
 
+def test_seed_869_a_node_resuming_from_a_freeze_learns_the_cordon_lifted_meanwhile():
+    """A cordon lifted while the first choice was frozen stuck: it never asked for its
+    gateways back (the simulator did not pass the change on at the resume)."""
+    assert run_one(869, **PLACEMENT).violations == []
+
+
+def test_seed_168186_a_fallback_active_waking_after_its_dead_man_expired_stands_by():
+    """n2, VRRP fallback through an etcd outage, froze for a second; n4 took the gateway
+    through etcd once n2's fallback horizon had passed; n2 woke and programmed again."""
+    assert run_one(168186).violations == []
+
+
+def test_seed_167520_two_overlapping_stalls_are_a_silence_peers_may_suspect():
+    """The active stalled 54 ms and an observer 38 ms, overlapping: the observer heard
+    nothing for a suspect time and rightly suspected. Not a role change without a cause:
+    the checker counts overlapping stalls of two nodes like one node's long stall."""
+    assert run_one(167520).violations == []
+
+
 def test_placement_without_rebalance_is_caught():
     """The placement check has teeth: with rebalance off, recovered nodes never get
     their gateways back, and the simulator says so."""

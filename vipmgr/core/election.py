@@ -28,6 +28,8 @@ treats a long gap between calls as a pause (``_paused``).
 
 from __future__ import annotations
 
+import math
+
 from vipmgr.core.config import ON_ETCD_LOSS, UNSAFE_SWITCHES, ElectionConfig
 from vipmgr.core.guards import Guards
 from vipmgr.core.holder import Holder
@@ -96,6 +98,9 @@ class Election(Hearing, Guards, Holder, Standby, EtcdResults, Lifecycle, TimerWh
         self._pending: dict[int, tuple[str, float]] = {}  # op_id -> (kind, issued at)
         self._peers: dict[str, _Peer] = {}
         self._active_heard_at = NEVER      # last advert from any node claiming active
+        # VRRP fallback: when the dead-man we last programmed expires (each of its advert
+        # ticks pushes it on; entering the role programs at once, in the same call).
+        self._fallback_until = math.inf
         self._active_node: str | None = None
         self._holder_withdrew: str | None = None  # it said so, cut from etcd (handover)
         self._etcd_peer_heard_at = NEVER  # last heard an eligible peer that reaches etcd
@@ -133,6 +138,8 @@ class Election(Hearing, Guards, Holder, Standby, EtcdResults, Lifecycle, TimerWh
         if self._started and now - self._now > self._pause_gap:
             self._paused(now - self._now)
         self._now = now
+        if self.role is Role.VRRP_ACTIVE and now >= self._fallback_until:
+            self._fallback_expired()
         _HANDLERS[type(event)](self, event)
         if self._started and self.role is not Role.STOPPED:
             self._fire_due()

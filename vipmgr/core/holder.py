@@ -114,6 +114,16 @@ class Holder:
             self._goto(Cause.EVIDENCE_LAPSED, "no proof from peers or etcd within "
                                               "fenceDeadline")
 
+    def _fallback_expired(self) -> None:
+        """A VRRP fallback active scheduled again only after its dead-man expired (frozen,
+        swapped out): peers count it gone once its fallback horizon passed and may have
+        taken over through etcd since, so it must not program again on its own word. It
+        stands by and listens a suspect time, as any node that woke up does."""
+        late = self._now - self._fallback_until
+        self._goto(Cause.PAUSED, f"woke up {late * 1e3:.0f} ms after the fallback's "
+                                 "dead-man expired")
+        self._active_heard_at = self._now
+
     def _schedule_holder_timers(self) -> None:
         timers = self._timers
         # While a challenge waits for word on our hearing ("deaf"), a confirmation

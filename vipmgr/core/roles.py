@@ -86,6 +86,7 @@ TRANSITIONS: dict[tuple[Role, Cause], Role] = {
     (R.VRRP_ACTIVE, C.LOST): R.STANDBY,
     (R.VRRP_ACTIVE, C.VRRP_YIELD): R.STANDBY,
     (R.VRRP_ACTIVE, C.INELIGIBLE): R.STANDBY,
+    (R.VRRP_ACTIVE, C.PAUSED): R.STANDBY,
     (R.VRRP_ACTIVE, C.STOP): R.STOPPED,
 }
 # onEtcdLoss=vrrp only: the active keeps serving like a VRRP master instead of fencing.

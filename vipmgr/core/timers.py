@@ -63,7 +63,8 @@ class TimerWheel:
             else:
                 self._emit(Program(until))
         if self.role is Role.VRRP_ACTIVE:
-            self._emit(Program(now + self._D))
+            self._fallback_until = now + self._D
+            self._emit(Program(self._fallback_until))
         interval = t.advert_interval if active else t.standby_advert_interval
         echo_node, echo_stamp = None, 0.0
         # A preempt request never deposes (its window ends in a back-off), so the

@@ -462,7 +462,11 @@ class World:
             self.at(node.stalled_until, self._drain, node)
             return
         queue, node.stall_queue = node.stall_queue, []
-        for fn, args in queue:
+        # What arrived (heartbeats, etcd replies) before the timers that fell due, each in
+        # order: asyncio's loop, once free, runs the ready I/O callbacks of an iteration
+        # before the timers due in it, so an advert that came during a stall is heard
+        # before the suspicion timer that expired in the same stall fires.
+        for fn, args in sorted(queue, key=lambda item: item[0] == self._wake):
             fn(node, *args)
 
     def _stall(self, node: SimNode) -> None:
@@ -474,11 +478,20 @@ class World:
         if self.tracing and node.alive:
             self._log(node.name, "", f"event loop stalls for {length * 1e3:.1f} ms")
         t = self.timers
-        if node.alive and node.stalled_until - node.stall_from \
-                >= t.suspect_time - t.advert_interval:
-            # Stalls that overlap into one this long are a pause the peers may rightly
-            # suspect (like a short freeze): a disturbance, not calm.
-            self.last_disturbance = max(self.last_disturbance, node.stalled_until)
+        # Stalls that overlap into one this long are a pause the peers may rightly
+        # suspect (like a short freeze): a disturbance, not calm. So are two nodes'
+        # overlapping stalls as long together: the active's stall delays its advert, the
+        # observer's delays hearing it, and the observer sees the sum as silence.
+        long = t.suspect_time - t.advert_interval
+        if node.alive:
+            for other in self.nodes:
+                if other is not node and other.alive and other.stalled_until > self.t:
+                    start = min(node.stall_from, other.stall_from)
+                    end = max(node.stalled_until, other.stalled_until)
+                    if end - start >= long:
+                        self.last_disturbance = max(self.last_disturbance, end)
+            if node.stalled_until - node.stall_from >= long:
+                self.last_disturbance = max(self.last_disturbance, node.stalled_until)
         self.at(self.t + self.rng.expovariate(j.stall_rate), self._stall, node)
 
     def _wake(self, node: SimNode, gw: str, inc: int, when: float) -> None:
