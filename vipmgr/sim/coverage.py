@@ -35,6 +35,10 @@ def scripted() -> dict[str, tuple[str, list[E], float]]:
         "fallback": ("vrrp", [E("etcd_outage", 1.0, 1.5), E("crash", 1.1, 2.0, node=h)], 3.5),
         "fallback-unhealthy": ("vrrp", [E("etcd_outage", 1.0, 1.5), E("crash", 1.1, 2.0, node=h),
                                         E("health_flap", 1.6, 0.2, node=s)], 3.5),
+        # ... and the fallback freezes past its dead-man while etcd returns: the third node
+        # takes the gateway through etcd, the fallback wakes and stands by (seed 168186)
+        "fallback-frozen": ("vrrp", [E("etcd_outage", 1.0, 0.5), E("crash", 1.1, 2.0, node=h),
+                                     E("freeze", 1.4, 0.8, node=s)], 3.5),
         "fallback-unlabelled": ("vrrp", [E("etcd_outage", 1.0, 1.5), E("crash", 1.1, 2.0, node=h),
                                          E("unlabel", 1.6, 0.5, node=s)], 3.5),
         # etcd down and a standby dead: the holder's evidence lapses live, etcd confirms later
