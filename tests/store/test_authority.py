@@ -176,23 +176,3 @@ def test_watch_reports_changes_and_unreachable_etcd_is_reported(etcd_server, etc
         ex = AuthorityExecutor(dead, GW, "c", prefix=etcd_prefix, timeout=0.2)
         assert (await ex.run(GrantLease(op_id=1, ttl=2))).outcome == UNREACHABLE
     run(go())
-
-
-def test_a_corrupt_election_key_is_logged_once_and_reads_as_unreachable(etcd_server, etcd_prefix,
-                                                                         caplog):
-    """Somebody wrote the gateway's authority key by hand: the executor cannot trust what
-    it reads there, so each op answers UNREACHABLE (the core retries, nothing moves) and
-    the log says once which key and what to do, instead of a traceback per op."""
-    async def go(p: Pair):
-        la = await p.lease(p.a)
-        key = p.a.keys.authority
-        await p.client.put(key.encode(), b"garbage")
-        for _ in range(3):
-            res = await p.a.run(p.op(Confirm, epoch=1))
-            assert res.outcome == UNREACHABLE
-        assert (await p.a.run(p.op(Acquire, lease=la, term_rev=0))).outcome == UNREACHABLE
-        errors = [r.getMessage() for r in caplog.records if r.name == "vipmgr.store"]
-        assert len(errors) == 1 and key in errors[0] and "etcdctl" in errors[0], errors
-        await p.client.delete(key.encode())
-        assert (await p.a.run(p.op(Acquire, lease=la, term_rev=0))).outcome == OK
-    run_pair(etcd_server, etcd_prefix, go)

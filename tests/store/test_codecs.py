@@ -9,9 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from vipmgr.store.authority import (
-    KV as ViewKV, GatewayKeys, Holder, decode_holder, decode_view, read_holders,
-)
+from vipmgr.store.authority import GatewayKeys, Holder, decode_holder, read_holders
 from vipmgr.store.codec import CorruptObjectError, key_suffix, load_object, prefix_end
 from vipmgr.store.events import events_prefix
 from vipmgr.store.placement import (
@@ -98,42 +96,6 @@ def test_a_malformed_authority_value_is_a_clear_error(raw, says):
         decode_holder(KV(b"/p/authority/egw", raw))
     assert says in str(err.value) and "/p/authority/egw" in str(err.value)
     assert "etcdctl" in str(err.value)
-
-
-ELECTION_KEYS = GatewayKeys("/p", "egw")
-CHALLENGE = {"node": "b", "epoch": 7, "hears": 2, "priority": 100, "preempt": False,
-             "round": 3, "lease": 9, "answered": False}
-
-
-@pytest.mark.parametrize("key, value, says", [
-    (ELECTION_KEYS.authority, "not json", "is not JSON"),
-    (ELECTION_KEYS.authority, '{"lease": 5}', "names no node"),
-    (ELECTION_KEYS.term, '["held"]', "is not a JSON object"),
-    (ELECTION_KEYS.term, '{"state": 1}', '"state" is 1'),
-    (ELECTION_KEYS.term, '{"state": "vacated", "successor": 4}', '"successor" is 4'),
-    (ELECTION_KEYS.challenge("b"), json.dumps({**CHALLENGE, "epoch": "7"}), '"epoch" is \'7\''),
-    (ELECTION_KEYS.challenge("b"), json.dumps({**CHALLENGE, "hears": True}), '"hears" is True'),
-    (ELECTION_KEYS.challenge("b"), json.dumps({k: v for k, v in CHALLENGE.items()
-                                               if k != "answered"}), '"answered" is None'),
-])
-def test_a_malformed_election_value_is_a_clear_error_not_a_keyerror(key, value, says):
-    """The election's snapshot decodes only what vipmgr writes; anything else names the
-    key and the fix (before: KeyError / TypeError out of the executor's task)."""
-    with pytest.raises(CorruptObjectError) as err:
-        decode_view(10, [ViewKV(key, value, 5, 6, 0)], ELECTION_KEYS)
-    assert says in str(err.value) and key in str(err.value) and "etcdctl" in str(err.value)
-
-
-def test_the_election_values_vipmgr_writes_decode():
-    k = ELECTION_KEYS
-    view = decode_view(10, [ViewKV(k.authority, '{"lease":5,"node":"a"}', 4, 4, 5),
-                            ViewKV(k.term, '{"node":"a","state":"held"}', 4, 4, 0),
-                            ViewKV(k.challenge("b"), json.dumps(CHALLENGE), 8, 8, 9)], k)
-    assert (view.holder, view.epoch, view.holder_lease, view.term_node) == ("a", 4, 5, "a")
-    assert not view.vacated and view.challenges[0].challenger == "b"
-    vacated = decode_view(11, [ViewKV(k.term, '{"by":"a","state":"vacated","successor":null}',
-                                      4, 11, 0)], k)
-    assert vacated.vacated and vacated.vacated_by == "a" and vacated.successor is None
 
 
 def test_read_holders_raises_or_skips_what_it_cannot_read():

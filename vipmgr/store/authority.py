@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, NamedTuple
 
@@ -42,8 +41,6 @@ from vipmgr.core.messages import (
     Vacate, Watch, WatchUpdate,
 )
 from vipmgr.store.codec import CorruptObjectError, key_suffix, load_object, prefix_end
-
-LOG = logging.getLogger("vipmgr.store")
 
 DEFAULT_PREFIX = "/vipmgr"
 
@@ -166,43 +163,24 @@ def plan(op: EtcdOp, node: str, keys: GatewayKeys) -> Txn:
     raise TypeError(f"{type(op).__name__} is not a transaction")
 
 
-def _fields(data: dict[str, Any], where: str, what: str, **types: type | tuple) -> list:
-    """The named fields of a stored election value, each of its type (bool is no int)."""
-    out = []
-    for name, kind in types.items():
-        value = data.get(name)
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-            raise CorruptObjectError(
-                f"stored {what} at {where}: \"{name}\" is {value!r}, not what vipmgr "
-                f"writes; delete the key with etcdctl (the agents write it again)")
-        out.append(value)
-    return out
-
-
 def decode_view(revision: int, kvs: Iterable[KV], keys: GatewayKeys) -> EtcdView:
-    """The core's snapshot from the gateway's keys as read at ``revision``. A value that
-    vipmgr did not write raises CorruptObjectError naming the key and the fix."""
+    """The core's snapshot from the gateway's keys as read at ``revision``."""
     holder, epoch, holder_lease = None, 0, 0
     term_rev, term_node, vacated, successor, vacated_by = 0, None, False, None, None
     challenges = []
-    maybe = (str, type(None))
     for kv in kvs:
+        data = json.loads(kv.value)
         if kv.key == keys.authority:
-            holder = _holder_node(kv.value, kv.key)
-            epoch, holder_lease = kv.create, kv.lease
+            holder, epoch, holder_lease = data.get("node"), kv.create, kv.lease
         elif kv.key == keys.term:
-            data = load_object(kv.value, kv.key, "term value")
-            term_node, state, successor, vacated_by = _fields(
-                data, kv.key, "term value", node=maybe, state=str, successor=maybe, by=maybe)
-            term_rev, vacated = kv.mod, state == "vacated"
+            term_rev, term_node = kv.mod, data.get("node")
+            vacated, successor = data.get("state") == "vacated", data.get("successor")
+            vacated_by = data.get("by")
         elif kv.key.startswith(keys.challenges):
-            data = load_object(kv.value, kv.key, "challenge")
-            node, ch_epoch, hears, priority, preempt, answered, rnd = _fields(
-                data, kv.key, "challenge", node=str, epoch=int, hears=int, priority=int,
-                preempt=bool, answered=bool, round=int)
             challenges.append(ChallengeInfo(
-                challenger=node, rev=kv.mod, lease=kv.lease, epoch=ch_epoch, hears=hears,
-                priority=priority, preempt=preempt, answered=answered, round=rnd))
+                challenger=data["node"], rev=kv.mod, lease=kv.lease, epoch=data["epoch"],
+                hears=data["hears"], priority=data["priority"], preempt=data["preempt"],
+                answered=data["answered"], round=data["round"]))
     return EtcdView(revision, holder, epoch, holder_lease, term_rev, term_node, vacated,
                     successor, vacated_by,
                     tuple(sorted(challenges, key=lambda c: c.challenger)))
@@ -222,18 +200,13 @@ def decode_holder(kv: Any) -> Holder:
     """One authority key-value as etcd returns it (``key``, ``value``, ``create_revision``);
     a value that is not ``{"node": NAME, …}`` raises CorruptObjectError naming the key."""
     where = kv.key.decode() if isinstance(kv.key, bytes) else kv.key
-    return Holder(_holder_node(kv.value, where), kv.create_revision)
-
-
-def _holder_node(raw: bytes | str, where: str) -> str:
-    """The node an authority value names (CorruptObjectError for anything else)."""
-    data = load_object(raw, where, "authority value",
+    data = load_object(kv.value, where, "authority value",
                        "delete the key with etcdctl (the holder's agent re-acquires it)")
     node = data.get("node")
     if not isinstance(node, str) or not node:
         raise CorruptObjectError(f"stored authority value at {where} names no node "
                                  "(\"node\" must be a node name); delete the key with etcdctl")
-    return node
+    return Holder(node, kv.create_revision)
 
 
 async def read_holders(client: Any, prefix: str,
@@ -280,7 +253,6 @@ class AuthorityExecutor:
         self.keys = GatewayKeys(prefix.rstrip("/"), gateway)
         self.timeout = timeout
         self.on_update = on_update
-        self._reported: set[str] = set()  # corrupt values already logged (once each)
 
     async def run(self, op: EtcdOp) -> EtcdResult:
         try:
@@ -292,15 +264,6 @@ class AuthorityExecutor:
                 ConnectionError) as exc:
             if _is_lease_gone(exc):
                 return EtcdResult(op.op_id, REFUSED)
-            return EtcdResult(op.op_id, UNREACHABLE)
-        except CorruptObjectError as exc:
-            # Somebody else wrote the gateway's election keys: nothing read from them can
-            # be trusted, so to the election etcd is as good as unreachable until fixed.
-            if str(exc) not in self._reported:
-                self._reported.add(str(exc))
-                LOG.error(f"{exc}; until then the election of {self.keys.gateway} treats "
-                          f"etcd as unreachable", extra={"gateway": self.keys.gateway,
-                                                         "node": self.node})
             return EtcdResult(op.op_id, UNREACHABLE)
 
     async def _one(self, op: EtcdOp) -> EtcdResult:
