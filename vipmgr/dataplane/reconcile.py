@@ -43,9 +43,9 @@ from typing import Callable, Mapping
 from pyroute2 import Conntrack, IPRoute
 
 from vipmgr.dataplane import conntrack, garp, layout as L, nftstate
-from vipmgr.dataplane.nftstate import Refresh
 from vipmgr.dataplane.kernel import KernelError, NetnsThread, Nft, NftMissing
 from vipmgr.dataplane.nftarm import ArmSocket, CounterReader
+from vipmgr.dataplane.nftstate import Refresh
 from vipmgr.dataplane.rtnl import RouteKey, RouteSocket, RouteVal
 from vipmgr.dataplane.plan import NodePlan
 

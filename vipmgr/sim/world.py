@@ -484,14 +484,12 @@ class World:
         # observer's delays hearing it, and the observer sees the sum as silence.
         long = t.suspect_time - t.advert_interval
         if node.alive:
-            for other in self.nodes:
-                if other is not node and other.alive and other.stalled_until > self.t:
+            for other in self.nodes:  # the node itself included: its own chained stalls
+                if other.alive and other.stalled_until > self.t:
                     start = min(node.stall_from, other.stall_from)
                     end = max(node.stalled_until, other.stalled_until)
                     if end - start >= long:
                         self.last_disturbance = max(self.last_disturbance, end)
-            if node.stalled_until - node.stall_from >= long:
-                self.last_disturbance = max(self.last_disturbance, node.stalled_until)
         self.at(self.t + self.rng.expovariate(j.stall_rate), self._stall, node)
 
     def _wake(self, node: SimNode, gw: str, inc: int, when: float) -> None:
