@@ -9,6 +9,7 @@ import struct
 from vipmgr.wire.codec import inet_checksum
 
 IP_LEN, VRRP_LEN = 20, 8
+TRAILER_FIXED = 24     # magic, version, reserved, auth, record count, sequence, stamp
 
 
 def rechecksum(pkt: bytearray) -> bytes:
@@ -24,9 +25,15 @@ def trailer_at(pkt: bytes | bytearray) -> int:
     return IP_LEN + VRRP_LEN + 4 * pkt[23]
 
 
+def first_record_at(pkt: bytes | bytearray) -> int:
+    """Where the first record starts: after the trailer's fixed part and the node name."""
+    node = trailer_at(pkt) + TRAILER_FIXED
+    return node + 1 + pkt[node]
+
+
 def tampered(genuine: bytes) -> dict[str, bytes]:
     """One edited copy per attack, each re-checksummed (so only the HMAC can tell)."""
-    t = trailer_at(genuine)
+    t, r = trailer_at(genuine), first_record_at(genuine)
     out = {}
 
     def edit(name, fn):
@@ -43,11 +50,13 @@ def tampered(genuine: bytes) -> dict[str, bytes]:
         pkt[t + 6] = 0                       # claim "no authentication"
         pkt[2:4] = struct.pack(">H", len(pkt))
 
-    edit("name length", lambda p: p.__setitem__(t + 42, p[t + 42] + 1))  # a claim parsed first
-    edit("priority", lambda p: p.__setitem__(22, 255))                  # steal placement
-    edit("releasing", lambda p: p.__setitem__(22, 0))                   # fake a handover
+    edit("node name length", lambda p: p.__setitem__(t + 24, p[t + 24] + 1))  # a claim parsed first
+    edit("record count", lambda p: p.__setitem__(t + 7, p[t + 7] + 1))        # ... and another
+    edit("priority", lambda p: p.__setitem__(22, 255))                      # steal placement
+    edit("releasing", lambda p: p.__setitem__(22, 0))                       # fake a handover
+    edit("record priority", lambda p: p.__setitem__(r + 1, 255))            # the one believed
     edit("sequence bumped", bump_seq)
-    edit("echo stamp", lambda p: p.__setitem__(t + 41, p[t + 41] ^ 0x40))  # extend evidence
+    edit("echo stamp", lambda p: p.__setitem__(r + 21, p[r + 21] ^ 0x40))   # extend evidence
     edit("mac stripped", strip_mac)
     return out
 

@@ -156,6 +156,7 @@ class FakeDataplane:
         self.log = log
         self.reconciles: list[Reconcile] = []
         self.refreshes: list[tuple[str, float, concurrent.futures.Future]] = []
+        self.refresh_calls = 0  # transactions: one per refresh_nowait
         self.auto = False  # complete every reconcile at once (closing)
 
     def reconcile_nowait(self, plan, *, arm=None, verify=False):
@@ -167,10 +168,24 @@ class FakeDataplane:
             call.done()
         return future
 
-    def refresh_nowait(self, gateway, expires_in):
-        future = concurrent.futures.Future()
-        self.refreshes.append((gateway, expires_in, future))
-        return future
+    def refresh_nowait(self, expiries):
+        """One transaction for all of ``expiries``; each gateway's part is a future the
+        test settles (``refreshes``), the whole is done when they all are."""
+        self.refresh_calls += 1
+        whole = concurrent.futures.Future()
+        parts = {gw: concurrent.futures.Future() for gw in expiries}
+
+        def part_done(_):
+            if all(f.done() for f in parts.values()) and not whole.done():
+                failed = [f.exception() for f in parts.values() if f.exception()]
+                if failed:
+                    whole.set_exception(failed[0])
+                else:
+                    whole.set_result({gw: f.result() for gw, f in parts.items()})
+        for gw, future in parts.items():
+            self.refreshes.append((gw, expiries[gw], future))
+            future.add_done_callback(part_done)
+        return whole
 
     def drops_nowait(self):
         future = concurrent.futures.Future()
@@ -439,6 +454,7 @@ def test_a_refused_refresh_of_an_armed_gateway_rearms_it_after_a_verify():
         await w.started()
         await w.take("egw", 2)
         w.datapath.program("egw", w.loop.time() + 5)
+        await asyncio.sleep(0)  # refreshes of one turn go out together, right after it
         w.dp.refreshes[0][2].set_result(Refresh.GONE)  # our table was flushed
         call = await w.reconcile(3)
         assert call.verify and set(call.arm) == {"egw"} and w.datapath.error == ""
@@ -450,6 +466,7 @@ def test_a_late_refresh_changes_nothing(records):
         await w.started()
         await w.take("egw", 2)
         w.datapath.program("egw", w.loop.time() + 5)
+        await asyncio.sleep(0)  # refreshes of one turn go out together, right after it
         w.dp.refreshes[0][2].set_result(Refresh.LATE)
         await until(lambda: any("too late" in r.getMessage() for r in records))
         await idle(0.05)
@@ -463,6 +480,7 @@ def test_a_refused_refresh_after_a_withdraw_is_expected():
         await w.started()
         await w.take("egw", 2)
         w.datapath.program("egw", w.loop.time() + 5)
+        await asyncio.sleep(0)
         w.datapath.withdraw("egw")
         (await w.reconcile(3)).done()
         await until(lambda: w.applied() == 3)
@@ -477,10 +495,37 @@ def test_a_failed_refresh_makes_the_datapath_not_ready():
         await w.started()
         await w.take("egw", 2)
         w.datapath.program("egw", w.loop.time() + 5)
+        await asyncio.sleep(0)  # refreshes of one turn go out together, right after it
         w.dp.refreshes[0][2].set_exception(KernelError("netlink: EPERM"))
         call = await w.reconcile(3)
         assert "EPERM" in w.datapath.error and call.verify
         assert w.metrics("deadman_refreshed") == []
+    run(test)
+
+
+def test_one_turns_refreshes_are_one_kernel_transaction_each_to_its_own_until():
+    async def test(w: World):
+        await w.started()
+        await w.take("egw", 2)
+        w.datapath.book.armed.add("egw2")  # (served and armed, as a take would leave it)
+        w.datapath.book.serving["egw2"] = w.loop.time() + 1
+        w.datapath.program("egw", w.loop.time() + 5)
+        w.datapath.program("egw2", w.loop.time() + 3)
+        assert w.dp.refreshes == []
+        await asyncio.sleep(0)
+        assert [(gw, round(exp)) for gw, exp, _ in w.dp.refreshes] == [("egw", 5), ("egw2", 3)]
+        assert w.dp.refresh_calls == 1
+    run(test)
+
+
+def test_a_refresh_withdrawn_in_the_same_turn_is_not_sent():
+    async def test(w: World):
+        await w.started()
+        await w.take("egw", 2)
+        w.datapath.program("egw", w.loop.time() + 5)
+        w.datapath.withdraw("egw")
+        await asyncio.sleep(0)
+        assert w.dp.refreshes == []
     run(test)
 
 
@@ -489,6 +534,7 @@ def test_an_armed_refresh_is_counted():
         await w.started()
         await w.take("egw", 2)
         w.datapath.program("egw", w.loop.time() + 5)
+        await asyncio.sleep(0)  # refreshes of one turn go out together, right after it
         w.dp.refreshes[0][2].set_result(Refresh.ARMED)
         await until(lambda: w.metrics("deadman_refreshed"))
         assert w.metrics("deadman_refreshed") == [(("egw",), {})]

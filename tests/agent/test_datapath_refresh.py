@@ -42,27 +42,27 @@ def datapath():
 
 
 def test_armed_counts(datapath):
-    datapath._refresh_outcome("egw", done(Refresh.ARMED))
+    datapath._refresh_outcomes(["egw"], done({"egw": Refresh.ARMED}))
     assert datapath.metrics.refreshed == 1 and not datapath.error
 
 
 def test_late_is_not_a_datapath_problem(datapath):
-    datapath._refresh_outcome("egw", done(Refresh.LATE))
+    datapath._refresh_outcomes(["egw"], done({"egw": Refresh.LATE}))
     assert datapath.error == "" and "egw" in datapath.book.armed and not datapath._dirty.is_set()
 
 
 def test_gone_while_armed_is_drift_repaired_not_an_outage(datapath):
-    datapath._refresh_outcome("egw", done(Refresh.GONE))
+    datapath._refresh_outcomes(["egw"], done({"egw": Refresh.GONE}))
     assert datapath.error == "" and "egw" not in datapath.book.armed
     assert datapath.book.verify_next and datapath._dirty.is_set()
 
 
 def test_gone_after_a_withdraw_is_expected(datapath):
     datapath.book.armed = set()
-    datapath._refresh_outcome("egw", done(Refresh.GONE))
+    datapath._refresh_outcomes(["egw"], done({"egw": Refresh.GONE}))
     assert not datapath._dirty.is_set() and datapath.error == ""
 
 
 def test_a_kernel_error_makes_the_datapath_not_ready(datapath):
-    datapath._refresh_outcome("egw", done(exc=KernelError("netlink: EPERM")))
+    datapath._refresh_outcomes(["egw"], done(exc=KernelError("netlink: EPERM")))
     assert "EPERM" in datapath.error and datapath.book.verify_next

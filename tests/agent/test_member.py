@@ -13,6 +13,7 @@ import logging
 
 import pytest
 
+from vipmgr.agent.heartbeat import NodeHeartbeat
 from vipmgr.agent.member import GatewayMember, MemberContext
 from vipmgr.core.election import Role
 from vipmgr.core.messages import (
@@ -122,8 +123,9 @@ class World:
         self.loop = asyncio.get_running_loop()
         self.datapath = FakeDatapath(self.log)
         self.metrics = Metrics()
-        self.ctx = MemberContext("ga", self.datapath, self.metrics,
-                                 lambda ifname, adv: self.sent.append((ifname, adv)),
+        heartbeat = NodeHeartbeat(lambda ifname, advs: self.sent.extend((ifname, a) for a in advs),
+                                  self.metrics, self.loop.time)
+        self.ctx = MemberContext("ga", self.datapath, self.metrics, heartbeat,
                                  self.loop.time, DEFAULT_PREFIX, self.changed)
         self.gateway = EgressGateway(meta=ObjectMeta("egw"), manifest={})
         self.member = GatewayMember(self.ctx, self.gateway, members, 100, interface,
@@ -355,3 +357,26 @@ def test_a_lone_member_takes_and_releases_after_its_withdraw_settled():
             ("etcd", "Release"))
         assert member.role == "stopped" and executor.etcd.view(executor.keys).holder is None
     run(test, members=("ga",))
+
+
+def test_every_gateways_advert_leaves_in_the_nodes_one_packet():
+    """Two members of one node, the real core: when one advertises, both do, and the
+    interface gets one send carrying both (the wire splits only past one MTU)."""
+    async def test(w: World):
+        sends: list = []
+        w.ctx.heartbeat.send = lambda ifname, adverts: sends.append((ifname, adverts))
+        other = GatewayMember(w.ctx, EgressGateway(meta=ObjectMeta("egw2"), manifest={}),
+                              ("ga", "gb"), 100, "eth1", "192.0.2.11", client=None)
+        other.events = FakeEvents()
+        for member in (w.member, other):
+            member.executor = FakeExecutor(w.log)
+            member.start(True, False)
+        sends.clear()
+        await until(lambda: len(sends) >= 3)
+        assert all(ifname == "eth1" and sorted(a.gateway for a in adverts) == ["egw", "egw2"]
+                   for ifname, adverts in sends)
+        await other.close()
+        sends.clear()
+        await until(lambda: len(sends) >= 1)
+        assert [a.gateway for a in sends[0][1]] == ["egw"]
+    run(test)

@@ -71,9 +71,9 @@ def test_the_netlink_refresh_sends_exactly_the_guarded_spec(monkeypatch, target,
     sock = nftarm.ArmSocket()
     sent: list[bytes] = []
     monkeypatch.setattr(sock, "send", sent.append)
-    monkeypatch.setattr(sock, "_await_acks", lambda seqs, target: None)
+    monkeypatch.setattr(sock, "_await_acks", lambda owners: None)
     try:
-        sock.refresh(target, ms)
+        sock.refresh([(target, ms)])
     finally:
         sock.close()
     guard = target.guard()

@@ -46,9 +46,9 @@ def test_refresh_does_not_wait_behind_a_busy_reconcile(world):
             def refresher() -> None:  # the agent's 20 ms advert interval
                 while not stop.is_set():
                     t0 = time.perf_counter()
-                    future = dp.refresh_nowait("egw", 0.1)
+                    future = dp.refresh_nowait({"egw": 0.1})
                     caller.append(time.perf_counter() - t0)
-                    if not future.result(1):
+                    if not future.result(1)["egw"]:
                         refused.append(len(durations))
                     durations.append(time.perf_counter() - t0)
                     stop.wait(0.02)
@@ -113,7 +113,7 @@ def test_refresh_never_rearms_a_withdrawn_gateway(world):
         # a refresh submitted before a withdraw and a re-take runs after both: refused
         release = threading.Event()
         dp._arming.submit(release.wait, 10)
-        stale = dp.refresh_nowait("egw", 0.5)
+        stale = dp.refresh_nowait({"egw": 0.5})
         dp.reconcile(standby)
         assert armed(ga, "egw") == "", "stepping down disarms in the same transaction"
         dp.reconcile(take, arm={"egw": 0.05})
@@ -156,6 +156,6 @@ def test_each_gateway_is_armed_for_its_own_deadman_timeout(world):
         report = dp.reconcile(plan, arm={"egw": 4.5, "egw2": 4.5})
         assert report.armed["egw"] > 1000 and report.armed["egw2"] <= 100, report.armed
         assert timeout_ms(ga, "egw") > 1000
-        assert dp.refresh_nowait("egw", 4.5).result(5)
+        assert dp.refresh("egw", 4.5)
         assert timeout_ms(ga, "egw") > 1000, "the refresh was capped at the default 100 ms"
-        assert dp.refresh_nowait("egw2", 4.5).result(5)
+        assert dp.refresh("egw2", 4.5)

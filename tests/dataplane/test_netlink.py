@@ -157,7 +157,7 @@ def test_refresh_batch_is_byte_identical(arm, target, golden):
     ms = 1500 if target.vip else 300
     n = 4 if target.vip else 3
     kernel.answer(*(_error(seq, 0) for seq in range(2, 2 + n)))  # an ACK per set-element msg
-    sock.refresh(target, ms)
+    sock.refresh([(target, ms)])
     assert kernel.sent().hex() == golden
 
 
@@ -168,14 +168,32 @@ def test_refresh_guard_failure_is_nft_missing_even_with_answers_missing(arm):
     sock, kernel = arm
     kernel.answer(_error(2, errno.ENOENT))
     with pytest.raises(NftMissing):
-        sock.refresh(ArmTarget("gw", "198.51.100.7", False, 2.0), 300)
+        sock.refresh([(ArmTarget("gw", "198.51.100.7", False, 2.0), 300)])
+
+
+def test_refreshes_of_several_gateways_are_one_batch_and_a_missing_one_is_named(arm):
+    """One send, begin + 3 messages per primary-IP target + end; the ENOENT of the
+    second target's guard names that gateway (nothing of the batch applied)."""
+    from vipmgr.dataplane.kernel import NftMissing
+    sock, kernel = arm
+    one, two = (ArmTarget("gw1", "198.51.100.7", False, 2.0),
+                ArmTarget("gw2", "198.51.100.8", False, 2.0))
+    kernel.answer(*(_error(seq, errno.ENOENT if seq == 5 else 0) for seq in range(2, 8)))
+    with pytest.raises(NftMissing) as missing:
+        sock.refresh([(one, 300), (two, 300)])
+    assert missing.value.gateway == "gw2" and "gw2" in str(missing.value)
+    batch = kernel.sent()  # one datagram: the whole batch
+    assert socket.inet_aton("198.51.100.7") in batch and socket.inet_aton("198.51.100.8") in batch
+    kernel.theirs.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        kernel.theirs.recv(1 << 16)
 
 
 def test_refresh_other_failure_names_the_gateway_and_errno(arm):
     sock, kernel = arm
     kernel.answer(*(_error(seq, errno.EPERM if seq == 3 else 0) for seq in range(2, 5)))
     with pytest.raises(KernelError, match="dead-man refresh of gw: Operation not permitted"):
-        sock.refresh(ArmTarget("gw", "198.51.100.7", False, 2.0), 300)
+        sock.refresh([(ArmTarget("gw", "198.51.100.7", False, 2.0), 300)])
 
 
 def test_drain_errors_returns_failures_without_waiting_for_the_timeout():

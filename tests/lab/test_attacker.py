@@ -100,7 +100,7 @@ def test_receiver_in_another_namespace_rejects_every_attack_as_auth(netns_lab, c
 
         async def beat():
             while sending:
-                ta.send(dataclasses.replace(genuine, stamp=loop.time()))
+                ta.send([dataclasses.replace(genuine, stamp=loop.time())])
                 await asyncio.sleep(0.02)
         beats = asyncio.create_task(beat())
         try:
@@ -108,12 +108,13 @@ def test_receiver_in_another_namespace_rejects_every_attack_as_auth(netns_lab, c
             # reaches it before any copy
             await wait_for_async(lambda: tb.receiver.counters.get("accepted", 0) > 0, 5,
                                  "node-b accepting node-a's adverts")
-            pkt, _ = await asyncio.to_thread(capture, spy, lambda f: f.advert.node == "node-a")
+            pkt, _ = await asyncio.to_thread(capture, spy,
+                                             lambda f: f.adverts[0].node == "node-a")
             before = dict(tb.receiver.counters)
-            forger = Encoder(ATTACKER_KEY).encode(dataclasses.replace(genuine, priority=255),
+            forger = Encoder(ATTACKER_KEY).encode([dataclasses.replace(genuine, priority=255)],
                                                   ADDR["m"], ADDR["b"])
             edited = list(tampered(pkt).values())
-            n_auth = send_copies(spy, edited + [forger], ADDR["b"])
+            n_auth = send_copies(spy, edited + forger, ADDR["b"])
             send_copies(spy, [pkt], ADDR["b"])                    # the unchanged capture
 
             def delta(reason):
@@ -126,8 +127,7 @@ def test_receiver_in_another_namespace_rejects_every_attack_as_auth(netns_lab, c
             assert got[Reject.REPLAY] - before.get(Reject.REPLAY, 0) == COPIES
             assert set(got) == {"accepted", Reject.AUTH, Reject.REPLAY}
             assert {(a.node, a.priority) for a in heard} == {("node-a", 100)}
-            state = tb.receiver.heard(GW, loop.time(), 3)["node-a"]
-            assert state.advert.priority == 100 and state.key_index == 0
+            assert tb.receiver.heard(GW, loop.time(), 3)["node-a"].priority == 100
         finally:
             sending = False
             await beats
@@ -227,12 +227,13 @@ def test_the_lab_runs_authenticated_and_every_attack_is_counted_as_auth(lab):
     assert all(before[n].get("mode:etcd") == 1 for n in GWS), before   # keys from etcd
     sock = attacker_socket(lab)
     try:
-        pkt, frame = capture(sock, lambda f: f.advert.node == owner)
-        forged = [Encoder(ATTACKER_KEY).encode(dataclasses.replace(
-            frame.advert, node=peer, role=Role.STANDBY, priority=255, heard=()), ATTACKER_IP)
-            for peer in GWS if peer != owner]
-        forged.append(Encoder(None).encode(dataclasses.replace(frame.advert, priority=0),
-                                           ATTACKER_IP))    # unsigned "releasing"
+        pkt, frame = capture(sock, lambda f: f.adverts[0].node == owner)
+        forged = [datagram for peer in GWS if peer != owner
+                  for datagram in Encoder(ATTACKER_KEY).encode(
+                      [dataclasses.replace(a, node=peer, role=Role.STANDBY, priority=255,
+                                           heard=()) for a in frame.adverts], ATTACKER_IP)]
+        forged += Encoder(None).encode([dataclasses.replace(a, priority=0)
+                                        for a in frame.adverts], ATTACKER_IP)  # unsigned "releasing"
         edited = [resourced(p, ATTACKER_IP) for p in tampered(pkt).values()]
         n_auth = send_copies(sock, edited + forged, "224.0.0.18")
         send_copies(sock, [pkt], "224.0.0.18")   # unchanged: its source is the owner's own
@@ -332,15 +333,16 @@ while time.monotonic() < end:
     if not select.select([sock], [], [], 0.1)[0]:
         continue
     frame = decode(sock.recv(2048))
-    if not isinstance(frame, Frame) or frame.advert.node != active:
+    if not isinstance(frame, Frame) or frame.adverts[0].node != active:
         continue
-    for peer in peers:     # "I hear you at your stamp": evidence for the active
-        echo = dataclasses.replace(frame.advert, node=peer, role=Role.STANDBY, priority=100,
-                                   interval_ms=50, echo_node=active,
-                                   echo_stamp=frame.advert.stamp,
-                                   heard=tuple(n for n in nodes if n != peer))
-        sock.sendto(encoder.encode(echo, src, active_ip), (active_ip, 0))
-        sent += 1
+    for peer in peers:     # "I hear you at your stamp": evidence for the active, every gateway
+        echoes = [dataclasses.replace(a, node=peer, role=Role.STANDBY, priority=100,
+                                      interval_ms=50, echo_node=active, echo_stamp=a.stamp,
+                                      heard=tuple(n for n in nodes if n != peer))
+                  for a in frame.adverts]
+        for datagram in encoder.encode(echoes, src, active_ip):
+            sock.sendto(datagram, (active_ip, 0))
+            sent += 1
     if first:
         print("echoing", flush=True)
         first = False

@@ -113,7 +113,7 @@ async def traffic(nodes: list[Node], seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         for tx in nodes:
-            pkt = tx.encoder.encode(dataclasses.replace(ADVERT, node=tx.name), "192.0.2.1")
+            [pkt] = tx.encoder.encode([dataclasses.replace(ADVERT, node=tx.name)], "192.0.2.1")
             for rx in nodes:
                 if rx is not tx:
                     rx.receiver.process(pkt, time.monotonic())

@@ -1,4 +1,4 @@
-"""Shared fixtures for the wire tests: a fixed advert, keys, and a pcap writer."""
+"""Shared fixtures for the wire tests: fixed adverts of one node, keys, and a pcap writer."""
 
 from __future__ import annotations
 
@@ -19,6 +19,16 @@ def advert() -> Advert:
                   priority=200, interval_ms=20, egress_ip="198.51.100.10", healthy=True,
                   etcd_reachable=True, heard=("node-b", "node-c"), stamp=4660.123456,
                   echo_node="node-b", echo_stamp=4659.5)
+
+
+@pytest.fixture
+def advert2(advert) -> Advert:
+    """A second gateway of the same node (same node and stamp, as one datagram needs): the
+    smaller interval, so the VRRP header's interval is not simply the first record's."""
+    return Advert(node=advert.node, gateway="egress-2", vrid=7, role=Role.STANDBY, epoch=99,
+                  priority=90, interval_ms=10, egress_ip="198.51.100.20", healthy=True,
+                  etcd_reachable=False, heard=("node-c",), stamp=advert.stamp,
+                  echo_node="node-c", echo_stamp=4659.25)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from vipmgr.wire.transport import HeartbeatTransport, in_netns, open_vrrp_socket
 pytestmark = [pytest.mark.netns]
 
 GW, VRID, INTERVAL_MS, K = "egress-1", 42, 20, 3
+GW2, VRID2 = "egress-2", 7
 ADDR = {"a": "192.0.2.1", "b": "192.0.2.2", "m": "192.0.2.66"}
 DROP_A = f"""table inet vt_wire {{
   chain input {{ type filter hook input priority 0; ip protocol 112 ip saddr {ADDR['a']} drop; }}
@@ -51,8 +52,8 @@ def garbage(src: str, dst: str) -> list[bytes]:
             + [ip(rnd.randbytes(rnd.randrange(1, 300))) for _ in range(16)])
 
 
-def advert(node: str) -> Advert:
-    return Advert(node=node, gateway=GW, vrid=VRID, role=Role.ACTIVE if node == "node-a"
+def advert(node: str, gateway: str = GW, vrid: int = VRID) -> Advert:
+    return Advert(node=node, gateway=gateway, vrid=vrid, role=Role.ACTIVE if node == "node-a"
                   else Role.STANDBY, epoch=7, priority=100, interval_ms=INTERVAL_MS,
                   egress_ip="198.51.100.10", healthy=True, etcd_reachable=True)
 
@@ -82,9 +83,9 @@ def test_heartbeats_silence_and_forgery(lab, keys):
 
         async def beat() -> None:
             while True:
-                ta.send(advert("node-a"))
-                tb.send(advert("node-b"))
-                tm.send(advert("node-a"))
+                ta.send([advert("node-a")])
+                tb.send([advert("node-b")])
+                tm.send([advert("node-a")])
                 await asyncio.sleep(INTERVAL_MS / 1000)
 
         beating = asyncio.create_task(beat())
@@ -137,28 +138,35 @@ def test_heartbeats_silence_and_forgery(lab, keys):
     asyncio.run(scenario())
 
 
-def test_unicast_peers_and_send_errors_are_counted(lab, keys):
+def test_unicast_peers_multi_gateway_datagrams_and_send_errors_are_counted(lab, keys):
+    """Two gateways in one datagram per peer: on_advert sees both, in order; a split
+    advert set is several datagrams per peer."""
     good, _ = keys
     got = []
+    gateways = {GW: VRID, GW2: VRID2}
+    both = [advert("node-a"), advert("node-a", GW2, VRID2)]
     sock_a = in_netns(lab["a"].name, lambda: open_vrrp_socket("eth0", multicast=False))
     sock_b = in_netns(lab["b"].name, lambda: open_vrrp_socket("eth0", multicast=False))
     ring = KeyRing((good,))
-    ta = HeartbeatTransport(sock_a, "eth0", Encoder(good), Receiver("node-a", {GW: VRID}, ring),
+    ta = HeartbeatTransport(sock_a, "eth0", Encoder(good), Receiver("node-a", gateways, ring),
                             lambda *a: None, peers=[ADDR["b"], ADDR["m"]])
-    tb = HeartbeatTransport(sock_b, "eth0", Encoder(good), Receiver("node-b", {GW: VRID}, ring),
+    tb = HeartbeatTransport(sock_b, "eth0", Encoder(good), Receiver("node-b", gateways, ring),
                             lambda adv, src, ifname: got.append((adv, src)))
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         tb.start(loop)
         try:
-            assert ta.send(advert("node-a")) == 2
+            assert ta.send(both) == 2
             await asyncio.sleep(0.05)
-            assert got == [(advert("node-a"), ADDR["a"])]
+            assert got == [(a, ADDR["a"]) for a in both]
+            assert tb.receiver.counters == {"accepted": 1}
+            many = [advert("node-a", f"gateway-{i:02d}-" + "x" * 40, 1 + i) for i in range(40)]
+            assert ta.send(many) == 2 * len(ta.encoder.encode(many, ADDR["a"])) > 2
             # an output drop inside a's namespace surfaces as a counted send error, not an exception
             lab["a"].run(["nft", "-f", "-"], input=DROP_A.replace("input", "output")
                          .replace("ip saddr", "ip daddr").replace(ADDR["a"], ADDR["b"]))
-            assert ta.send(dataclasses.replace(advert("node-a"), epoch=8)) == 1
+            assert ta.send([dataclasses.replace(advert("node-a"), epoch=8)]) == 1
             assert ta.send_errors == {"EPERM": 1}
         finally:
             tb.close()

@@ -60,6 +60,7 @@ class NodeDatapath:
         self._urgent = asyncio.Event()  # ... that must not wait for a burst to gather
         self._applied_event = asyncio.Event()
         self._deferred_flush = None  # the background flush whose counts are hooked already
+        self._refreshes: dict[str, float] = {}  # gateway -> until: this turn's refreshes
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
 
@@ -88,21 +89,35 @@ class NodeDatapath:
     def program(self, gateway: str, until: float) -> None:
         """Serve ``gateway`` until ``until`` (core clock): the take arms the dead-man in the
         transaction that installs it, later calls re-arm it without waiting. State
-        changes here, in the core's order; the kernel follows."""
+        changes here, in the core's order; the kernel follows. Refreshes asked for in one
+        turn of the loop (the node's advert refreshes every gateway it holds) go to the
+        kernel as one transaction, each gateway still to its own ``until``."""
         serve = self.book.program(gateway, until, self.clock())
         if serve is Serve.REFRESH:
-            future = self.dp.refresh_nowait(gateway, until - self.clock())
-            future.add_done_callback(lambda f: self._refreshed(gateway, f))
+            if not self._refreshes:
+                self._loop.call_soon(self._refresh_batch)
+            self._refreshes[gateway] = until
         elif serve is not Serve.NOTHING:
             self._kick()  # a take, or its take is in flight / its arming came late: arm
 
-    def _refreshed(self, gateway: str, future) -> None:
-        """Runs on the arming thread: hand the outcome to the event loop."""
-        self._loop.call_soon_threadsafe(self._refresh_outcome, gateway, future)
+    def _refresh_batch(self) -> None:
+        batch, self._refreshes = self._refreshes, {}
+        now = self.clock()
+        # one withdrawn since it asked: not ours to arm any more
+        batch = {gw: until for gw, until in batch.items() if gw in self.book.armed}
+        if batch:
+            future = self.dp.refresh_nowait({gw: until - now for gw, until in batch.items()})
+            future.add_done_callback(lambda f: self._loop.call_soon_threadsafe(
+                self._refresh_outcomes, list(batch), f))
 
-    def _refresh_outcome(self, gateway: str, future) -> None:
+    def _refresh_outcomes(self, gateways: list[str], future) -> None:
         exc = future.exception()
-        result: Refresh | None = None if exc is not None else future.result()
+        results: dict[str, Refresh] = {} if exc is not None else future.result()
+        for gateway in gateways:
+            self._refresh_outcome(gateway, results.get(gateway), exc)
+
+    def _refresh_outcome(self, gateway: str, result: Refresh | None,
+                         exc: BaseException | None) -> None:
         outcome = self.book.refresh_outcome(gateway, result)
         if outcome is Outcome.REFRESHED:
             self.metrics.deadman_refreshed(gateway)

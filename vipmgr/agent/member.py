@@ -2,9 +2,10 @@
 
 This is the thin adapter the design calls for: events in (heartbeats from the
 wire, etcd results and watch snapshots, eligibility changes, a timer at the
-core's deadline), actions out (send an advert, program or withdraw the
-datapath, run an etcd transaction, log and count a role change). It makes no
-decision of its own.
+core's deadline), actions out (program or withdraw the datapath, run an etcd
+transaction, log and count a role change). Events go through the node's one
+heartbeat (agent/heartbeat.py), which sends the adverts of all gateways in one
+packet. It makes no decision of its own.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from typing import Callable
 
 from vipmgr.agent.datapath import NodeDatapath
 from vipmgr.agent.events import GatewayEvents
+from vipmgr.agent.heartbeat import NodeHeartbeat, from_wire
 from vipmgr.agent.logs import state_change
 from vipmgr.agent.metrics import AgentMetrics
 from vipmgr.core.election import Election, ElectionConfig, Role
 from vipmgr.core.messages import (
-    Advert as CoreAdvert,
+    Action,
     Cordoned,
     EtcdOp,
     Event,
@@ -32,7 +34,6 @@ from vipmgr.core.messages import (
     NoteKind,
     Program,
     RoleChanged,
-    SendAdvert,
     Shutdown,
     Start,
     SwitchoverRequested,
@@ -44,30 +45,12 @@ from vipmgr.core.roles import DATAPATH_ROLES
 from vipmgr.resources.models import EgressGateway
 from vipmgr.resources.status import GatewayMemberStatus
 from vipmgr.store.authority import AuthorityExecutor
-from vipmgr.wire.message import Advert as WireAdvert, Role as WireRole
+from vipmgr.wire.message import Advert as WireAdvert
 
 LOG = logging.getLogger("vipmgr.member")
 
 # A role is "up" for status and metrics when it serves traffic.
 SERVING = frozenset(role.value for role in DATAPATH_ROLES)
-
-
-def to_wire(adv: CoreAdvert, vrid: int, interval_ms: int, egress_ip: str | None) -> WireAdvert:
-    return WireAdvert(node=adv.node, gateway=adv.gateway, vrid=vrid,
-                      role=WireRole.ACTIVE if adv.role == "active" else WireRole.STANDBY,
-                      epoch=adv.epoch, priority=adv.priority, interval_ms=interval_ms,
-                      egress_ip=egress_ip, healthy=adv.eligible, etcd_reachable=adv.etcd_ok,
-                      heard=adv.heard, stamp=adv.stamp, echo_node=adv.echo_node,
-                      echo_stamp=adv.echo_stamp)
-
-
-def from_wire(adv: WireAdvert) -> CoreAdvert:
-    return CoreAdvert(gateway=adv.gateway, node=adv.node,
-                      role="active" if adv.role == WireRole.ACTIVE else "standby",
-                      epoch=adv.epoch, priority=adv.priority, eligible=adv.healthy,
-                      etcd_ok=adv.etcd_reachable, heard=tuple(adv.heard), stamp=adv.stamp,
-                      echo_node=adv.echo_node, echo_stamp=adv.echo_stamp,
-                      interval=adv.interval_ms / 1000)
 
 
 @dataclass
@@ -77,7 +60,7 @@ class MemberContext:
     node: str
     datapath: NodeDatapath
     metrics: AgentMetrics
-    send: Callable[[str, WireAdvert], None]  # (interface, advert)
+    heartbeat: NodeHeartbeat                 # the node's one packet: events go through it
     clock: Callable[[], float]               # the core's clock: the loop's monotonic time
     prefix: str
     on_change: Callable[[], None] = lambda: None  # publish status soon
@@ -119,9 +102,11 @@ class GatewayMember:
                                           on_update=self._on_watch)
         self.events = GatewayEvents(client, ctx.prefix, gateway.name, ctx.node, ctx.metrics)
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # the deadline self._timer is set for
         self._withdrawn = 0  # datapath generation of our latest Withdraw
         self._tasks: set[asyncio.Task] = set()
         self.stopped = asyncio.Event()
+        ctx.heartbeat.add(self)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -140,6 +125,7 @@ class GatewayMember:
         await self.close()
 
     async def close(self) -> None:
+        self.ctx.heartbeat.remove(self)
         if self._timer is not None:
             self._timer.cancel()
         for task in list(self._tasks):
@@ -191,22 +177,21 @@ class GatewayMember:
         self.ctx.metrics.epoch_seen(self.name, update.view.epoch)
 
     def feed(self, event: Event) -> None:
-        """Hand one event to the core and carry out what it asks, in order."""
-        actions = self.election.handle(event, self.ctx.clock())
+        """Hand one event to the core, through the node's heartbeat (an advert takes every
+        gateway's along); a closed member's late events go nowhere."""
+        if self.ctx.heartbeat.members.get(self.name) is self:
+            self.ctx.heartbeat.feed(self.name, event)
+
+    def apply(self, actions: list[Action]) -> None:
+        """Carry out what the core asked, in order, and wake it at its next deadline."""
         for action in actions:
             self._do(action)
         self._reschedule()
 
     # --- actions out -----------------------------------------------------------------
 
-    def _do(self, action) -> None:
-        if isinstance(action, SendAdvert):
-            if self.info.interface:
-                interval_ms = max(1, round(action.advert.interval * 1000))
-                self.ctx.send(self.info.interface, to_wire(
-                    action.advert, self.vrid, interval_ms, self.info.egress_ip))
-                self.ctx.metrics.heartbeat_sent(self.name, self.info.interface)
-        elif isinstance(action, Program):
+    def _do(self, action: Action) -> None:
+        if isinstance(action, Program):
             self.ctx.datapath.program(self.name, action.until)
         elif isinstance(action, Withdraw):
             self._withdrawn = self.ctx.datapath.withdraw(self.name)
@@ -279,14 +264,23 @@ class GatewayMember:
             self.ctx.on_change()
 
     def _reschedule(self) -> None:
+        """Wake the core at its next deadline; an unchanged deadline keeps its timer (the
+        node's advert touches every member: no timer churn per packet)."""
+        deadline = self.election.next_deadline
+        if self.election.role is Role.STOPPED:
+            deadline = None
         if self._timer is not None:
+            if deadline == self._timer_at:
+                return
             self._timer.cancel()
             self._timer = None
-        deadline = self.election.next_deadline
-        if deadline is None or self.election.role is Role.STOPPED:
-            return
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_at(deadline, self.feed, Tick())
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._wake)
+            self._timer_at = deadline
+
+    def _wake(self) -> None:
+        self._timer = None  # fired (asyncio may run it a clock tick early: set it again)
+        self.feed(Tick())
 
     # --- status ----------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from vipmgr.agent.datapath import NodeDatapath
 from vipmgr.agent.inventory import Change, Inventory
 from vipmgr.agent.keys import HeartbeatKeys
 from vipmgr.agent.looplag import watch_loop_lag
+from vipmgr.agent.heartbeat import NodeHeartbeat
 from vipmgr.agent.member import GatewayMember, MemberContext
 from vipmgr.agent.metrics import AgentMetrics
 from vipmgr.agent.registration import primary_interfaces, register_node, routers
@@ -112,6 +113,7 @@ class Agent:
         self.client: EtcdClient | None = None
         self.store: ResourceStore | None = None
         self.datapath: NodeDatapath | None = None
+        self.heartbeat: NodeHeartbeat | None = None  # set at start: needs the loop's clock
         self.ctsync: ConntrackSync | None = None
         self.encoder = Encoder()
         self.receiver = Receiver(self.node, {})
@@ -182,6 +184,7 @@ class Agent:
                                     topology=lambda: self.snapshot, metrics=self.metrics)
         await self.ctsync.start()
         self.datapath.ctsync = self.ctsync
+        self.heartbeat = NodeHeartbeat(self._send, self.metrics, loop.time)
         self.datapath.set_interfaces(self.interfaces)
         self.client = await self._connect()
         await self.heartbeat_keys.start(self.client)
@@ -485,7 +488,7 @@ class Agent:
         priority = placed.priority
         if interface is not None:
             self._ensure_transport(interface)
-        ctx = MemberContext(self.node, self.datapath, self.metrics, self._send,
+        ctx = MemberContext(self.node, self.datapath, self.metrics, self.heartbeat,
                             asyncio.get_running_loop().time, self.layout.prefix,
                             self._status_dirty.set, self.config.placement_hold_down)
         member = GatewayMember(ctx, gw, members, priority, interface, ip, self.client,
@@ -525,10 +528,10 @@ class Agent:
         transport.start(asyncio.get_running_loop())
         self.transports[interface] = transport
 
-    def _send(self, interface: str, advert: WireAdvert) -> None:
+    def _send(self, interface: str, adverts: list[WireAdvert]) -> None:
         transport = self.transports.get(interface)
         if transport is not None:
-            transport.send(advert)
+            transport.send(adverts)
 
     def _on_advert(self, advert: WireAdvert, _src: str, _ifname: str) -> None:
         member = self.members.get(advert.gateway)

@@ -11,7 +11,7 @@ from vipmgr.config.timers import Timers
 from vipmgr.sim.runner import PLACEMENT_GATEWAYS, PLACEMENT_NODES, Summary, run_many, run_one
 from vipmgr.sim.runner import soak as run_soak
 from vipmgr.sim.runner import startup as run_startup
-from vipmgr.sim.schedule import make_schedule
+from vipmgr.sim.schedule import GATEWAYS, NODES, make_schedule
 
 
 def _range(text: str, name: str, lo: int, hi: int) -> tuple[int, int]:
@@ -59,7 +59,7 @@ def _chunk(args: tuple) -> Summary:
 @click.option("--nodes", default=None,
               help="Nodes per schedule, N or N-M (2-5; 3-5 with --placement).")
 @click.option("--gateways", default=None,
-              help="Gateways per schedule, N or N-M (1-4; 4-12 with --placement, at most 12).")
+              help="Gateways per schedule, N or N-M (2-5; 4-12 with --placement, at most 12).")
 @click.option("--jobs", "-j", default=1, show_default=True,
               help="Worker processes (each schedule is independent and deterministic).")
 @click.option("--replay", type=int, default=None, metavar="SEED",
@@ -88,7 +88,7 @@ def sim(schedules: int, seed: int, nodes: str | None, gateways: str | None, jobs
     reordering, drift, health flaps, cordon, membership and priority changes, scheduling
     jitter. Exits 1 on any invariant violation; the last line is the summary CI reads."""
     default_nodes, default_gws = (PLACEMENT_NODES, PLACEMENT_GATEWAYS) if placement \
-        else ((2, 5), (1, 4))
+        else (NODES, GATEWAYS)
     node_range = _range(nodes, "--nodes", 2, 5) if nodes else default_nodes
     gw_range = _range(gateways, "--gateways", 1, 12) if gateways else default_gws
     flags = frozenset(unsafe)

@@ -36,7 +36,7 @@ from vipmgr.core.holder import Holder
 from vipmgr.core.lifecycle import Lifecycle
 from vipmgr.core.messages import (
     NoteKind,
-    UNREACHABLE, Action, Cordoned, EtcdResult, EtcdView, Event, GrantLease, HealthChanged,
+    UNREACHABLE, Action, AdvertNow, Cordoned, EtcdResult, EtcdView, Event, GrantLease, HealthChanged,
     Heartbeat, MembersChanged, Note, RoleChanged, Shutdown, Start, SwitchoverRequested, Tick,
     Watch, WatchUpdate, Withdraw, ROLE_ACTIVE,
 )
@@ -220,6 +220,12 @@ class Election(Hearing, Guards, Holder, Standby, EtcdResults, Lifecycle, TimerWh
     def _on_tick(self, _: Tick) -> None:
         """Only time passed: _fire_due does the work."""
 
+    def _on_advert_now(self, _: AdvertNow) -> None:
+        """The node's packet leaves now: advertise in it if we advertise at all (started,
+        not stopped). Earlier than our own period is safe: evidence only gets fresher."""
+        if "advert" in self._timers:
+            self._timers["advert"] = self._now
+
     def _on_heartbeat(self, ev: Heartbeat) -> None:
         adv = ev.advert
         now = self._now
@@ -289,6 +295,7 @@ class Election(Hearing, Guards, Holder, Standby, EtcdResults, Lifecycle, TimerWh
 _HANDLERS = {
     Start: Election._on_start,
     Tick: Election._on_tick,
+    AdvertNow: Election._on_advert_now,
     Heartbeat: Election._on_heartbeat,
     EtcdResult: Election._on_result,
     WatchUpdate: Election._on_watch,

@@ -103,6 +103,12 @@ class Heartbeat:
 
 
 @dataclass(frozen=True, slots=True)
+class AdvertNow:
+    """The node's heartbeat goes out now (another gateway's advert fell due): this
+    gateway's advert rides in the same packet (vipmgr.core.heartbeat)."""
+
+
+@dataclass(frozen=True, slots=True)
 class EtcdResult:
     op_id: int
     outcome: str                  # OK / REFUSED / UNREACHABLE
@@ -154,7 +160,7 @@ class MembersChanged:
     first_choice: str | None = None  # ElectionConfig.first_choice; None: keep
 
 
-Event = (Start | Tick | Heartbeat | EtcdResult | WatchUpdate | HealthChanged | Cordoned
+Event = (Start | Tick | Heartbeat | AdvertNow | EtcdResult | WatchUpdate | HealthChanged | Cordoned
          | Shutdown | SwitchoverRequested | MembersChanged)
 
 
@@ -163,6 +169,8 @@ Event = (Start | Tick | Heartbeat | EtcdResult | WatchUpdate | HealthChanged | C
 
 @dataclass(frozen=True, slots=True)
 class SendAdvert:
+    """This gateway's advert; vipmgr.core.heartbeat gathers a node's into one packet."""
+
     advert: Advert
 
 

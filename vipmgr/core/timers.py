@@ -51,6 +51,17 @@ class TimerWheel:
         raise TimerLoop(f"{self.cfg.gateway}/{self.cfg.node}: timers still due after "
                         f"{MAX_ROUNDS} rounds at {now}: {sorted(timers)} (role {self.role})")
 
+    @property
+    def advert_period(self) -> float:
+        """How often this election advertises in its role now."""
+        t = self.cfg.timers
+        return t.advert_interval if self.role in DATAPATH_ROLES else t.standby_advert_interval
+
+    @property
+    def advert_due(self) -> float | None:
+        """When the next advert falls due (None: not advertising: not started, stopped)."""
+        return self._timers.get("advert")
+
     def _tick_advert(self) -> None:
         now, t = self._now, self.cfg.timers
         role = self.role
@@ -65,7 +76,7 @@ class TimerWheel:
         if self.role is Role.VRRP_ACTIVE:
             self._fallback_until = now + self._D
             self._emit(Program(self._fallback_until))
-        interval = t.advert_interval if active else t.standby_advert_interval
+        interval = self.advert_period
         echo_node, echo_stamp = None, 0.0
         # A preempt request never deposes (its window ends in a back-off), so the
         # preempter keeps echoing: the holder's evidence does not lapse over it.

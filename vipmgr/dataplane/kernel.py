@@ -37,7 +37,13 @@ class KernelError(RuntimeError):
 
 
 class NftMissing(KernelError):
-    """An nft batch referred to a table, set or element the kernel does not hold (ENOENT)."""
+    """An nft batch referred to a table, set or element the kernel does not hold (ENOENT).
+
+    ``gateway``: whose element it was, when the batch served several."""
+
+    def __init__(self, message: str, gateway: str | None = None):
+        super().__init__(message)
+        self.gateway = gateway
 
 
 def _enter_netns(name: str) -> None:

@@ -86,37 +86,49 @@ class ArmSocket(nl.NetlinkSocket):
                 + nl.nested(SET_ELEM_LIST_ELEMENTS, _element(element)))
         return self._msg(kind, flags, _FAMILIES[element.family], 0, body)
 
-    def refresh(self, target: ArmTarget, ms: int) -> None:
-        """Run ``target``'s refresh transaction for ``ms``; NftMissing when the guard fails."""
-        guard = target.guard()
+    def refresh(self, items: list[tuple[ArmTarget, int]]) -> None:
+        """Run the refresh of every ``(target, ms)`` in ONE transaction (one send, one
+        commit: the node's advert refreshes all the gateways it holds at once).
+        NftMissing names the first target whose guard failed; the batch is atomic, so
+        then none of it applied."""
         begin = self._msg(NFNL_MSG_BATCH_BEGIN, nl.NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES, b"")
-        msgs = [self._set_elem(NFT_MSG_DELSETELEM, guard),
-                self._set_elem(NFT_MSG_NEWSETELEM, guard),
-                *(self._set_elem(NFT_MSG_NEWSETELEM, e) for e in target.elements(ms))]
+        msgs: list[bytes] = []
+        owners: dict[int, ArmTarget] = {}  # netlink seq -> the target the message is for
+        for target, ms in items:
+            guard = target.guard()
+            mine = [self._set_elem(NFT_MSG_DELSETELEM, guard),
+                    self._set_elem(NFT_MSG_NEWSETELEM, guard),
+                    *(self._set_elem(NFT_MSG_NEWSETELEM, e) for e in target.elements(ms))]
+            msgs += mine
+            owners.update(dict.fromkeys(range(self.seq - len(mine) + 1, self.seq + 1), target))
         end = self._msg(NFNL_MSG_BATCH_END, nl.NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES, b"")
         self.send(b"".join([begin, *msgs, end]))
-        self._await_acks(range(self.seq - len(msgs), self.seq), target)
+        self._await_acks(owners)
 
-    def _await_acks(self, seqs: range, target: ArmTarget) -> None:
+    def _await_acks(self, owners: dict[int, ArmTarget]) -> None:
         # the kernel answers while processing send(): everything is queued already, but an
         # aborted batch may leave some messages unanswered, so stop at the first failure
-        pending, failure = set(seqs), 0
+        pending, failure, failed = set(owners), 0, None
+        names = ", ".join(sorted({t.gateway for t in owners.values()}))
         while pending:
             try:
                 data = self.recv_nowait() if failure else self._sock.recv(65536)
             except socket.timeout as exc:
-                raise KernelError(f"dead-man refresh of {target.gateway}: no answer from "
+                raise KernelError(f"dead-man refresh of {names}: no answer from "
                                   "nf_tables") from exc
             if data is None:
                 break
             for kind, _flags, seq, off, _end in nl.messages(data):
                 if kind == nl.NLMSG_ERROR and seq in pending:
                     pending.discard(seq)
-                    failure = failure or nl.error_code(data, off)
+                    code = nl.error_code(data, off)
+                    if code and not failure:
+                        failure, failed = code, owners[seq]
         if failure == errno.ENOENT:
-            raise NftMissing(f"dead-man refresh of {target.gateway}: not active in the kernel")
+            raise NftMissing(f"dead-man refresh of {failed.gateway}: not active in the kernel",
+                             gateway=failed.gateway)
         if failure:
-            raise nl.NetlinkError(f"dead-man refresh of {target.gateway}", failure)
+            raise nl.NetlinkError(f"dead-man refresh of {failed.gateway}", failure)
 
 
 class CounterReader(nl.NetlinkSocket):

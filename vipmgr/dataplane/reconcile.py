@@ -322,43 +322,63 @@ class Dataplane:
 
     def refresh(self, gateway: str, expires_in: float) -> "Refresh":
         """Re-arm ``gateway``'s dead-man and wait; see ``refresh_nowait``."""
-        return self.refresh_nowait(gateway, expires_in).result()
+        return self.refresh_nowait({gateway: expires_in}).result()[gateway]
 
-    def refresh_nowait(self, gateway: str, expires_in: float
-                       ) -> "concurrent.futures.Future[Refresh]":
-        """Re-arm ``gateway``'s dead-man to expire ``expires_in`` seconds from now (capped
-        at its deadman timeout, rounded down to ms); returns at once (a few µs), the
-        transaction runs on the arming thread, never behind a reconcile.
+    def refresh_nowait(self, expiries: Mapping[str, float]
+                       ) -> "concurrent.futures.Future[dict[str, Refresh]]":
+        """Re-arm each gateway's dead-man to expire its ``expiries`` seconds from now (capped
+        at its deadman timeout, rounded down to ms), all in one transaction; returns at
+        once (a few µs), the transaction runs on the arming thread, never behind a
+        reconcile.
 
-        The future's Refresh is ARMED (true); GONE when the gateway is not served here (no
-        reconcile armed it, or one is withdrawing it: the kernel guard refused); LATE when
-        the time had run out before it ran. It raises KernelError for any other failure. Call it every
-        advert interval while, and only while, authority for ``gateway`` is confirmed.
+        The future maps each gateway to its Refresh: ARMED (true); GONE when the gateway
+        is not served here (no reconcile armed it, or one is withdrawing it: the kernel
+        guard refused); LATE when its time had run out before it ran. It raises
+        KernelError for any other failure. Call it every advert interval with the
+        gateways whose authority is confirmed, and only those.
         """
-        target = self._targets.get(gateway)
-        if target is None:
-            done: concurrent.futures.Future[Refresh] = concurrent.futures.Future()
-            done.set_result(Refresh.GONE)
+        now = time.monotonic()
+        due: list[tuple[nftstate.ArmTarget, float]] = []
+        for gateway, expires_in in expiries.items():
+            target = self._targets.get(gateway)
+            if target is not None:
+                due.append((target, now + min(expires_in, self._cap(target.max_seconds))))
+        gone = {gw: Refresh.GONE for gw in expiries if gw not in self._targets}
+        if not due:
+            done: concurrent.futures.Future[dict[str, Refresh]] = concurrent.futures.Future()
+            done.set_result(gone)
             return done
-        deadline = time.monotonic() + min(expires_in, self._cap(target.max_seconds))
-        return self._arming.submit(self._rearm, target, deadline)
+        return self._arming.submit(self._rearm, due, gone)
 
-    def _rearm(self, target: nftstate.ArmTarget, deadline: float) -> "Refresh":
-        if self._targets.get(target.gateway) is not target:
-            return Refresh.GONE  # withdrawn (and maybe re-taken, with its own expiry) since
-        started = time.monotonic()
-        ms = _ms_left(deadline)
-        if ms <= 0:
-            return Refresh.LATE
-        try:
-            self._arm_sock.refresh(target, ms)
-            if time.monotonic() - started >= 0.001:
-                # the kernel counts the timeout from the commit; this one may have waited
-                # behind another transaction: set it again so it still expires by the deadline
-                self._arm_sock.refresh(target, max(1, _ms_left(deadline)))
-        except NftMissing:
-            return Refresh.GONE  # the guard element is gone: withdrawn, or our table flushed
-        return Refresh.ARMED
+    def _rearm(self, due: list[tuple[nftstate.ArmTarget, float]],
+               out: dict[str, Refresh]) -> dict[str, Refresh]:
+        """One transaction for all of ``due``; a gateway whose guard is gone is left out
+        and the rest tried again (the batch is atomic: nothing of it applied)."""
+        live = []
+        for target, deadline in due:
+            if self._targets.get(target.gateway) is not target:
+                out[target.gateway] = Refresh.GONE  # withdrawn (maybe re-taken) since
+            elif _ms_left(deadline) <= 0:
+                out[target.gateway] = Refresh.LATE
+            else:
+                live.append((target, deadline))
+        while live:
+            started = time.monotonic()
+            try:
+                self._arm_sock.refresh([(t, max(1, _ms_left(d))) for t, d in live])
+                if time.monotonic() - started >= 0.001:
+                    # the kernel counts the timeout from the commit; this one may have waited
+                    # behind another transaction: set it again so it still expires by the
+                    # deadline
+                    self._arm_sock.refresh([(t, max(1, _ms_left(d))) for t, d in live])
+            except NftMissing as missing:
+                # that guard element is gone: withdrawn, or our table flushed
+                out[missing.gateway] = Refresh.GONE
+                live = [(t, d) for t, d in live if t.gateway != missing.gateway]
+                continue
+            out.update(dict.fromkeys((t.gateway for t, _ in live), Refresh.ARMED))
+            break
+        return out
 
     def announce(self, gateway: str | None = None
                  ) -> list["concurrent.futures.Future[garp.Announcement]"]:

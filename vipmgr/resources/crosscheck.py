@@ -230,25 +230,6 @@ class _Checker:
                          f"nodes {_some(lacking)} have no IPv4 address on {ifname} and can never "
                          "serve this gateway; fix their interface or their labels")
 
-    # --- VRIDs ----------------------------------------------------------------------
-
-    def check_vrids(self) -> None:
-        by_vrid: dict[int, list[EgressGateway]] = {}
-        for gw in self.gateways:
-            by_vrid.setdefault(gw.vrid, []).append(gw)
-        for vrid, group in by_vrid.items():
-            for i, a in enumerate(group):
-                for b in group[:i]:
-                    ia, ib = a.source_ip.interface_name, b.source_ip.interface_name
-                    if not (ia is None or ib is None or ia == ib):
-                        continue
-                    blamed, other = (a, b) if self.incoming(a) else (b, a)
-                    if self.incoming(blamed):
-                        self.add("error", blamed, "spec.failover.vrid",
-                                 f"VRID {vrid} is also used by gateway {other.name!r}"
-                                 f"{self.at(other, 'spec')} on the same interface; set "
-                                 "spec.failover.vrid to a free value (1-255)")
-
     # --- policies -------------------------------------------------------------------
 
     def check_policies(self) -> None:
@@ -351,7 +332,6 @@ def check_objects(incoming: Sequence[Resource], stored: Iterable[Resource] = (),
     checker = _Checker(incoming, stored, where, reserved or {})
     checker.check_vips()
     checker.check_interfaces()
-    checker.check_vrids()
     checker.check_policies()
     checker.check_references()
     checker.check_duplicate_addresses()

@@ -47,6 +47,10 @@ def scripted() -> dict[str, tuple[str, list[E], float]]:
         # the holder cut from etcd and from the heartbeats: deposed; back, it has lost
         "cut-and-isolated": ("vrrp", [E("etcd_cut", 1.0, 1.0, node=h),
                                       E("hb_isolate", 1.0, 1.0, node=h)], 2.5),
+        # etcd down and the holder's heartbeats cut: it fences (no evidence at all), is
+        # cordoned while fenced, and its release finds no etcd
+        "fenced-cordoned": ("hold", [E("etcd_outage", 1.0, 1.0), E("hb_isolate", 1.0, 1.0, node=h),
+                                     E("cordon", 1.5, 0.3, node=h)], 3.0),
         # everybody cut from etcd (no handover): leases expire; the holder's etcd first back
         "leases-expire": ("hold", [E("etcd_cut", 1.0, 2.3, node=h), E("etcd_cut", 1.0, 2.6, node=s),
                                    E("etcd_cut", 1.0, 2.6, node=t)], 4.5),

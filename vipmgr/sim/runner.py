@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from vipmgr.config.timers import Timers
 from vipmgr.core.placement import rank_key
-from vipmgr.sim.schedule import Schedule, make_schedule
+from vipmgr.sim.schedule import GATEWAYS, NODES, Schedule, make_schedule
 from vipmgr.sim.world import Outcome, World, percentile
 
 SOAK_WARMUP = 1.0  # the initial election settles, then the standbys are killed
@@ -104,7 +104,7 @@ class Summary:
 PLACEMENT_NODES, PLACEMENT_GATEWAYS = (3, 5), (4, 12)  # the placement schedules' worlds
 
 
-def run_one(seed: int, nodes: tuple[int, int] = (2, 5), gateways: tuple[int, int] = (1, 4),
+def run_one(seed: int, nodes: tuple[int, int] = NODES, gateways: tuple[int, int] = GATEWAYS,
             timers: Timers | None = None, unsafe: frozenset[str] = frozenset(),
             trace: bool = False, placement: bool = False) -> Outcome:
     timers = timers or Timers()

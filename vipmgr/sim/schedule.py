@@ -86,8 +86,13 @@ FAULTS_FROM = WARMUP + 0.7
 FAULT_SPAN = 1.5
 
 
-def make_schedule(seed: int, nodes_range: tuple[int, int] = (2, 5),
-                  gateways_range: tuple[int, int] = (1, 4), max_drift: float = 0.01,
+# Gateways per schedule: all of them share the nodes, so one heartbeat packet carries
+# several (three or more in most schedules) and its loss hits them together.
+NODES, GATEWAYS = (2, 5), (2, 5)
+
+
+def make_schedule(seed: int, nodes_range: tuple[int, int] = NODES,
+                  gateways_range: tuple[int, int] = GATEWAYS, max_drift: float = 0.01,
                   vrrp_share: float = 0.2, jitter_share: float = 0.3,
                   preempt_share: float = 0.15, placement: bool = False) -> Schedule:
     """``placement``: the agent's placement runs on every node with rebalance on, and

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from vipmgr.config.timers import Timers
 from vipmgr.core.config import FIRST_CHOICE_WAIT
 from vipmgr.core.election import Election, ElectionConfig
+from vipmgr.core.heartbeat import SendHeartbeat, step
 from vipmgr.core.messages import (
     OK, REFUSED, UNREACHABLE, Cordoned, EtcdResult, GrantLease, HealthChanged, Heartbeat,
-    KeepAlive, MembersChanged, Note, Program, RevokeLease, RoleChanged, SendAdvert, Shutdown,
+    KeepAlive, MembersChanged, Note, Program, RevokeLease, RoleChanged, Shutdown,
     Start, SwitchoverRequested, Tick, Watch, WatchUpdate, Withdraw,
 )
 from vipmgr.agent.placement import NodePlacement
@@ -428,13 +429,23 @@ class World:
         self._record_lapses(node)
 
     def _handle(self, node: SimNode, gw: str, event) -> None:
-        el = node.elections.get(gw)
-        if el is None:
+        """The event reaches ``gw``'s election through the node's heartbeat step (the
+        agent's path): if it advertises, all the node's elections do, in one packet."""
+        if gw not in node.elections:
             return
         now = node.local(self.t)
-        actions = el.handle(event, now)
-        if actions:
-            self._apply(node, gw, el, actions, now)
+        done = step(node.elections, gw, event, now)
+        for name, actions in done.actions.items():
+            el = node.elections.get(name)
+            if el is None:
+                continue
+            if actions:
+                self._apply(node, name, el, actions, now)
+            self._reschedule(node, name, el)
+        if done.heartbeat is not None:
+            self._send(node, done.heartbeat)
+
+    def _reschedule(self, node: SimNode, gw: str, el: Election) -> None:
         deadline = el.next_deadline
         if deadline is None:
             node.wakes.pop(gw, None)
@@ -514,19 +525,20 @@ class World:
         else:
             self._handle(node, gw, event)
 
-    def _heartbeat(self, node: SimNode, gw: str, inc: int, event: Heartbeat) -> None:
+    def _heartbeat(self, node: SimNode, inc: int, packet: SendHeartbeat) -> None:
+        """One packet reaches the node: each of its adverts to that gateway's election,
+        at the same instant (what the agent's receive loop does with one datagram)."""
         if node.incarnation == inc and node.alive and not node.frozen \
-                and not self._stalled(node, self._heartbeat, gw, inc, event):
-            self._handle(node, gw, event)
+                and not self._stalled(node, self._heartbeat, inc, packet):
+            for advert in packet.adverts:
+                self._handle(node, advert.gateway, Heartbeat(advert))
 
     # --- actions ---------------------------------------------------------------------
 
     def _apply(self, node: SimNode, gw: str, el: Election, actions: list, now: float) -> None:
         for a in actions:
             tp = type(a)
-            if tp is SendAdvert:
-                self._send(node, gw, a)
-            elif tp is Program:
+            if tp is Program:
                 self._program(node, gw, self.t + (a.until - now) / node.rate)
             elif tp is Withdraw:
                 if self.kernel[gw].pop(node.name, None) is not None:
@@ -538,8 +550,8 @@ class World:
             else:
                 self._etcd_send(node, gw, el, a)
 
-    def _send(self, node: SimNode, gw: str, action: SendAdvert) -> None:
-        event = Heartbeat(action.advert)
+    def _send(self, node: SimNode, packet: SendHeartbeat) -> None:
+        """One packet for all the node's gateways: lost, delayed or duplicated as one."""
         rng, t, me = self.rng, self.t, node.name
         for dst in self.nodes:
             if dst is node or not dst.alive or (me, dst.name) in self.blocked:
@@ -549,10 +561,10 @@ class World:
             delay = rng.uniform(*HB_DELAY)
             if self.delay:
                 delay += rng.uniform(0, self.delay)
-            self.at(t + delay, self._heartbeat, dst, gw, dst.incarnation, event)
+            self.at(t + delay, self._heartbeat, dst, dst.incarnation, packet)
             if self.dup and rng.random() < self.dup:
-                self.at(t + delay + rng.uniform(0, 0.01), self._heartbeat, dst, gw,
-                        dst.incarnation, event)
+                self.at(t + delay + rng.uniform(0, 0.01), self._heartbeat, dst,
+                        dst.incarnation, packet)
 
     def _program(self, node: SimNode, gw: str, expires: float) -> None:
         kernel, t = self.kernel[gw], self.t
@@ -586,7 +598,10 @@ class World:
         self.out.rows[(a.old, a.cause, a.new)] += 1
         if a.new == "challenging" and a.detail.startswith("rebalance"):
             self.out.rebalance_moves += 1
-        if not self.active_faults and self.measure is None:
+        # Spurious: with no fault on and not within CALM of a disturbance (stalls that
+        # chain into a pause the peers may rightly suspect are one).
+        if not self.active_faults and self.measure is None \
+                and self.t - self.last_disturbance > CALM:
             if (a.old, a.new) == ("active", "fenced"):
                 self.out.spurious_fences += 1
             elif a.new == "challenging":

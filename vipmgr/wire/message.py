@@ -15,6 +15,7 @@ VRRP_TTL = 255
 
 NAME_MAX = 253          # a Kubernetes-style object name, in UTF-8 bytes
 HEARD_MAX = 32          # peers listed per advert; more would not fit one MTU
+RECORDS_MAX = 255       # adverts (records) per datagram: the trailer's u8 record count
 STAMP_MAX = 2**33        # seconds (~272 years): below it every whole µs is a distinct float
 
 
@@ -27,23 +28,27 @@ class Reject(enum.StrEnum):
     """Why a received datagram was dropped; the values are the metric label values."""
 
     TRUNCATED = "truncated"        # shorter than its headers or lengths claim
-    MALFORMED = "malformed"        # not IPv4/112, bad lengths, bad UTF-8, trailing bytes
+    MALFORMED = "malformed"        # not IPv4/112, bad lengths or UTF-8, records not adding up
     TTL = "ttl"                    # IP TTL != 255: it crossed a router (RFC 5798 5.1.1.3)
     CHECKSUM = "checksum"          # IPv4 header or VRRP (pseudo-header) checksum wrong
-    VERSION = "version"            # VRRP version != 3, or unknown vipmgr trailer version
+    VERSION = "version"            # VRRP version != 3, or vipmgr trailer version != 3
     TYPE = "type"                  # VRRP type != 1 (advertisement)
     FOREIGN = "foreign"            # valid VRRPv3 without the vipmgr trailer (e.g. keepalived)
     AUTH = "auth"                  # HMAC missing when required, unknown scheme, or wrong
-    UNKNOWN_GATEWAY = "unknown_gateway"  # gateway not configured here
-    VRID = "vrid"                  # gateway known, but the VRID differs from ours
+    UNKNOWN_GATEWAY = "unknown_gateway"  # no record for a gateway configured here
+    VRID = "vrid"                  # no record for us, and a known gateway's VRID differs
     OWN = "own"                    # our own node name: a loop or a spoof
     REPLAY = "replay"              # sequence already seen or older than the window
-    CAPACITY = "capacity"          # too many distinct senders for one gateway
+    CAPACITY = "capacity"          # too many distinct sender nodes
 
 
 @dataclass(frozen=True, slots=True)
 class Advert:
-    """One node's heartbeat for one gateway.
+    """One node's heartbeat for one gateway: one record of a datagram.
+
+    A datagram carries the records of many gateways of one sending node, so
+    ``node`` and ``stamp`` are the datagram's: every advert encoded together
+    shares them (the encoder refuses otherwise).
 
     ``epoch`` is the etcd ``create_revision`` of the authority key the sender
     believes in (0: none). ``heard`` lists the peers of this gateway the sender
@@ -79,11 +84,12 @@ class Advert:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """A datagram that parsed cleanly: the advert plus what the envelope said."""
+    """A datagram that parsed cleanly: its adverts (in wire order, all of one node and
+    stamp) plus what the envelope said."""
 
-    advert: Advert
+    adverts: tuple[Advert, ...]
     seq: int
     src: str
     dst: str
-    authenticated: bool    # carried an HMAC (verified only by the Receiver)
-    key_index: int | None = None   # which configured key verified it (set by the Receiver)
+    authenticated: bool    # carried an HMAC (verified only when decoded with a keyring)
+    key_index: int | None = None   # which key of the keyring verified it

@@ -8,29 +8,29 @@ frame or the reject reason and counts both, so the agent exports
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
 
 from vipmgr.wire.codec import decode
 from vipmgr.wire.keys import KeyRing
-from vipmgr.wire.message import Frame, Reject
+from vipmgr.wire.message import Advert, Frame, Reject
 
 REPLAY_WINDOW = 64          # out-of-order tolerance, in sequence numbers
-PEERS_PER_GATEWAY_MAX = 255  # distinct sender names kept per gateway
+SENDERS_MAX = 255           # distinct sender nodes with a replay window
 LOGGED_REJECTS = frozenset({Reject.AUTH, Reject.REPLAY})  # what an attacker's packets become
 REJECT_LOG_INTERVAL = 10.0   # seconds: one line per source and reason, then a count
 REJECT_LOG_SOURCES_MAX = 1024  # spoofed sources cannot grow the log state without bound
 
 
 @dataclass(slots=True)
-class _PeerState:
-    """Highest sequence seen plus a bitmap of the REPLAY_WINDOW below it (RFC 4303 style)."""
+class _Window:
+    """One sender node's sequence stream: the highest sequence seen plus a bitmap of the
+    REPLAY_WINDOW below it (RFC 4303 style)."""
 
     top: int
     seen: int = 1
-    last_heard: float = 0.0
-    frame: Frame | None = None
 
     def admit(self, seq: int) -> bool:
         if seq > self.top:
@@ -82,25 +82,33 @@ class Receiver:
     """Per-node receive state shared by every interface's transport.
 
     ``gateways`` maps gateway name to its effective VRID
-    (:func:`vipmgr.resources.vrid.effective_vrid`); adverts for other gateways
-    are rejected. ``counters`` holds one entry per :class:`Reject` value that
-    occurred plus ``accepted``.
+    (:func:`vipmgr.resources.vrid.effective_vrid`). ``counters`` holds one entry
+    per datagram: its :class:`Reject` value or ``accepted``. Records of an accepted
+    datagram for gateways not configured here, or with another VRID, are dropped
+    from the returned frame and counted in ``records_dropped`` (keys
+    ``Reject.UNKNOWN_GATEWAY`` and ``Reject.VRID``); a datagram with no record for
+    us is rejected as a whole, with the reason of its records.
+
+    State: one replay window per sender node (a node sends one sequence stream for
+    all its gateways; at most SENDERS_MAX nodes), and per (gateway, node) the last
+    accepted advert with its arrival time.
     """
 
     node: str
     gateways: dict[str, int]
     keyring: KeyRing = field(default_factory=KeyRing)
     counters: Counter[str] = field(default_factory=Counter)
+    records_dropped: Counter[str] = field(default_factory=Counter)
     reject_log: RejectLog = field(default_factory=RejectLog)
-    _peers: dict[tuple[str, str], _PeerState] = field(default_factory=dict)
-    _per_gateway: Counter[str] = field(default_factory=Counter)
+    _windows: dict[str, _Window] = field(default_factory=dict)
+    # gateway → node → (arrival on the loop clock, last accepted advert)
+    _heard: dict[str, dict[str, tuple[float, Advert]]] = field(default_factory=dict)
 
     def set_gateways(self, gateways: dict[str, int]) -> None:
-        """Replace the gateway map; state of peers of dropped gateways is forgotten."""
+        """Replace the gateway map; what was heard for dropped gateways is forgotten."""
         self.gateways = dict(gateways)
-        for key in [k for k in self._peers if k[0] not in self.gateways]:
-            del self._peers[key]
-            self._per_gateway[key[0]] -= 1
+        for gateway in [g for g in self._heard if g not in self.gateways]:
+            del self._heard[gateway]
 
     def process(self, datagram: bytes, now: float) -> Frame | Reject:
         """Verify one datagram; never raises on what the datagram contains."""
@@ -109,43 +117,53 @@ class Receiver:
         return result
 
     def _verify(self, datagram: bytes, now: float) -> Frame | Reject:
-        parsed = decode(datagram, self.keyring)   # HMAC first: see codec.decode
-        if isinstance(parsed, Reject):
-            return parsed
-        frame = parsed
-        advert = frame.advert
-        vrid = self.gateways.get(advert.gateway)
-        if vrid is None:
-            return Reject.UNKNOWN_GATEWAY
-        if vrid != advert.vrid:
-            return Reject.VRID
-        if advert.node == self.node:
+        """Envelope → HMAC → claims (in decode) → own name → gateway filtering → replay
+        window: a datagram with no record for us leaves the sender's window alone."""
+        frame = decode(datagram, self.keyring)
+        if isinstance(frame, Reject):
+            return frame
+        sender = frame.adverts[0].node
+        if sender == self.node:
             return Reject.OWN
-        key = (advert.gateway, advert.node)
-        state = self._peers.get(key)
-        if state is None:
-            if self._per_gateway[advert.gateway] >= PEERS_PER_GATEWAY_MAX:
+        kept = tuple(a for a in frame.adverts if self.gateways.get(a.gateway) == a.vrid)
+        dropped = self._dropped(frame.adverts) if len(kept) < len(frame.adverts) else None
+        if not kept:
+            return Reject.VRID if dropped[Reject.VRID] else Reject.UNKNOWN_GATEWAY
+        window = self._windows.get(sender)
+        if window is None:
+            if len(self._windows) >= SENDERS_MAX:
                 return Reject.CAPACITY
-            state = self._peers[key] = _PeerState(top=frame.seq)
-            self._per_gateway[advert.gateway] += 1
-        elif not state.admit(frame.seq):
+            self._windows[sender] = _Window(top=frame.seq)
+        elif not window.admit(frame.seq):
             return Reject.REPLAY
-        state.last_heard = now
-        state.frame = frame
-        return frame
+        for advert in kept:
+            self._heard.setdefault(advert.gateway, {})[sender] = (now, advert)
+        if dropped is None:
+            return frame
+        self.records_dropped.update(dropped)
+        return dataclasses.replace(frame, adverts=kept)
 
-    def heard(self, gateway: str, now: float, k: float) -> dict[str, Frame]:
-        """Peers of ``gateway`` heard within ``k`` of their own advertised intervals.
+    def _dropped(self, adverts: tuple[Advert, ...]) -> Counter[str]:
+        """Why the records that are not for us are dropped: the gateway is not configured
+        here, or its VRID differs from ours."""
+        return Counter(Reject.VRID if a.gateway in self.gateways else Reject.UNKNOWN_GATEWAY
+                       for a in adverts if self.gateways.get(a.gateway) != a.vrid)
+
+    def heard(self, gateway: str, now: float, k: float) -> dict[str, Advert]:
+        """Peers whose last accepted advert for ``gateway`` arrived within ``k`` of that
+        advert's own interval.
 
         A peer silent for longer than k × interval is "suspect"; what to do
         about it is the election core's decision, not the wire's.
         """
-        return {node: st.frame for (gw, node), st in self._peers.items()
-                if gw == gateway and st.frame is not None
-                and now - st.last_heard <= k * st.frame.advert.interval_ms / 1000}
+        return {node: advert for node, (at, advert) in self._heard.get(gateway, {}).items()
+                if now - at <= k * advert.interval_ms / 1000}
 
     def forget(self, gateway: str, node: str) -> None:
-        """Drop a peer's replay state (e.g. the node was removed from the store)."""
-        if self._peers.pop((gateway, node), None) is not None:
-            self._per_gateway[gateway] -= 1
+        """Drop what was heard from ``node`` for ``gateway`` (e.g. it left the gateway)."""
+        self._heard.get(gateway, {}).pop(node, None)
 
+    def forget_node(self, node: str) -> None:
+        """Drop a sender's replay window (e.g. the node was removed from the store, or its
+        wall clock stepped back and its sequence with it), freeing its SENDERS_MAX slot."""
+        self._windows.pop(node, None)

@@ -15,13 +15,14 @@ Usage by the agent::
     t = HeartbeatTransport(sock, "eth1", encoder, receiver, on_advert,
                            peers=None)               # or ["192.0.2.12", ...]
     t.start(loop)                                    # registers loop.add_reader
-    t.send(advert)                                   # from the advert timer
+    t.send(adverts)                                  # every gateway's, from the advert timer
     ...
     t.close()
 
-``on_advert(advert, src_ip, ifname)`` is called once per accepted datagram;
-rejects are counted in ``receiver.counters`` and, if given, reported to
-``on_reject(reason, ifname)`` (for ``AgentMetrics.heartbeat_rejected``); send failures (interface down,
+``on_advert(advert, src_ip, ifname)`` is called once per accepted advert (each
+record of an accepted datagram, in order); rejects are counted in
+``receiver.counters`` and, if given, reported to ``on_reject(reason, ifname)``
+(for ``AgentMetrics.heartbeat_rejected``); send failures (interface down,
 output dropped by a firewall) are counted in ``send_errors`` by errno name and
 never raised, because a heartbeat timer must keep running.
 """
@@ -136,18 +137,20 @@ class HeartbeatTransport:
         self._loop = loop
         loop.add_reader(self.sock.fileno(), self._readable)
 
-    def send(self, advert: Advert) -> int:
-        """Send ``advert`` to every destination; returns how many datagrams left."""
+    def send(self, adverts: Sequence[Advert]) -> int:
+        """Send ``adverts`` (one node's, one stamp) to every destination; returns how many
+        datagrams left. Encoded once per destination: the address is in the checksum."""
         src = self.src_ip or self._source()
         if src is None:
             return 0
         ok = 0
         for dst in self.destinations:
-            try:
-                self.sock.sendto(self.encoder.encode(advert, src, dst), (dst, 0))
-                ok += 1
-            except OSError as exc:
-                self.send_errors[errno.errorcode.get(exc.errno, str(exc.errno))] += 1
+            for datagram in self.encoder.encode(adverts, src, dst):
+                try:
+                    self.sock.sendto(datagram, (dst, 0))
+                    ok += 1
+                except OSError as exc:
+                    self.send_errors[errno.errorcode.get(exc.errno, str(exc.errno))] += 1
         self.sent += ok
         return ok
 
@@ -170,7 +173,8 @@ class HeartbeatTransport:
                 return
             result = self.receiver.process(view[:n], now)
             if not isinstance(result, Reject):
-                self.on_advert(result.advert, result.src, self.ifname)
+                for advert in result.adverts:
+                    self.on_advert(advert, result.src, self.ifname)
                 continue
             if line := self.receiver.reject_log.note(view[:n], result, now):
                 LOG.warning(f"{line} on {self.ifname}", extra={"interface": self.ifname})
