@@ -109,6 +109,8 @@ class FakeElection:
         self.view = EtcdView(revision=0)
         self.etcd_ok = True
         self.next_deadline: float | None = None
+        self.advert_period = 0.05   # (what core.heartbeat.step reads)
+        self.advert_due: float | None = None
 
     def handle(self, event, now):
         self.events.append(event)

@@ -394,7 +394,7 @@ def test_flows_survive_a_crash_of_the_active_tcp_and_udp_keep_their_vip_ports(wo
 
     async def keep_armed(ga):
         while True:
-            ga.refresh_nowait("egw", 0.3)
+            ga.refresh_nowait({"egw": 0.3})
             await asyncio.sleep(0.1)
 
     async def scenario(ga, gb, w):
