@@ -303,6 +303,42 @@ def test_close_withdraws_what_it_serves():
     run(test)
 
 
+class StuckExecutor(FakeExecutor):
+    """A watch that swallows its cancellation (what a library call wedged behind a stalled
+    stream does) until ``released``."""
+
+    def __init__(self, log: list) -> None:
+        super().__init__(log)
+        self.released = asyncio.Event()
+
+    async def run(self, op):
+        self.ops.append(op)
+        while not self.released.is_set():
+            try:
+                await self.released.wait()
+            except asyncio.CancelledError:
+                continue
+        return EtcdResult(op.op_id, OK)
+
+
+def test_close_goes_on_without_a_task_that_ignores_its_cancellation(caplog):
+    """A leave holds the agent's membership lock: a member task that never stops must not
+    keep it (and every gateway added later) waiting; where it hangs is logged."""
+    async def test(w: World):
+        w.scripted([Watch(op_id=1)])
+        w.member.executor = executor = StuckExecutor(w.log)
+        w.member.start(True, False)
+        await until(lambda: executor.ops)
+        started = w.loop.time()
+        with caplog.at_level(logging.WARNING, logger="vipmgr"):
+            await asyncio.wait_for(w.member.close(), 3.0)
+        assert w.loop.time() - started < 2.0
+        stuck = [r.getMessage() for r in caplog.records if "did not stop" in r.getMessage()]
+        assert len(stuck) == 1 and "in run" in stuck[0], stuck
+        executor.released.set()  # the loop can end
+    run(test)
+
+
 # --- the real core against the simulator's etcd -----------------------------------------
 
 

@@ -23,6 +23,7 @@ import time
 import aetcd.exceptions
 import grpc
 
+from vipmgr.agent.tasks import cancel_all
 from vipmgr.core.messages import RoleChanged
 from vipmgr.core.roles import DATAPATH_ROLES, Role
 from vipmgr.store import events as store
@@ -39,7 +40,7 @@ WRITE_TIMEOUT = 2.0
 ETCD_ERRORS = (aetcd.exceptions.ClientError, grpc.RpcError, ConnectionError, OSError,
                asyncio.TimeoutError)
 LOOKUP_WINDOW = 10.0
-NOTE_WAIT = 1.0  # s the history waits for a holder's note after the takeover  # s: a holder's release note older than this is not about this takeover
+NOTE_WAIT = 1.0  # s the history waits for a holder's note after the takeover
 
 
 def classify(change: RoleChanged) -> str:
@@ -189,6 +190,5 @@ class GatewayEvents:
         """Let pending writes finish (bounded), then cancel what is left."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=0.3)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks, LOG, f"{self.gateway}: history",
+                         {"gateway": self.gateway, "node": self.node})

@@ -21,6 +21,7 @@ from vipmgr.agent.events import GatewayEvents
 from vipmgr.agent.heartbeat import NodeHeartbeat, from_wire
 from vipmgr.agent.logs import state_change
 from vipmgr.agent.metrics import AgentMetrics
+from vipmgr.agent.tasks import cancel_all
 from vipmgr.core.election import Election, ElectionConfig, Role
 from vipmgr.core.messages import (
     Action,
@@ -128,9 +129,8 @@ class GatewayMember:
         self.ctx.heartbeat.remove(self)
         if self._timer is not None:
             self._timer.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks, LOG, self.name,
+                         {"gateway": self.name, "node": self.ctx.node})
         await self.events.close()
         if self.serving:
             self.ctx.datapath.withdraw(self.name)

@@ -43,6 +43,7 @@ from vipmgr.agent.selfcheck import (
     KernelChanges, KernelCheck, check_kernel, gateway_problems, node_problems,
 )
 from vipmgr.agent.snapshot import Snapshot
+from vipmgr.agent.tasks import await_chain
 from vipmgr.agent.watch import watch_with_reconnect
 from vipmgr.core.election import Cause
 from vipmgr.agent.placement import NodePlacement
@@ -76,19 +77,6 @@ SELF_CHECK_SETTLE = 0.005   # a burst of notifications (a take's routes) is read
 GIL_SWITCH_INTERVAL = 0.001
 STORE_RESYNC_INTERVAL = 60.0  # full re-read of the store behind the watch (a backstop only)
 DROPS_INTERVAL = 1.0  # nft drop counters -> metric; a counter removed by a role change loses < 1 s
-
-
-def _await_chain(task: asyncio.Task) -> list[str]:
-    """Where a suspended task waits, innermost last (``Task.print_stack`` shows only the
-    outermost coroutine frame)."""
-    lines = []
-    coro = task.get_coro()
-    while coro is not None and getattr(coro, "cr_frame", None) is not None:
-        code = coro.cr_frame.f_code
-        lines.append(f'  File "{code.co_filename}", line {coro.cr_frame.f_lineno}, '
-                     f"in {code.co_name}\n")
-        coro = coro.cr_await
-    return lines
 
 
 class Agent:
@@ -160,6 +148,7 @@ class Agent:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+        loop.add_signal_handler(signal.SIGUSR1, self._dump_tasks, loop)
         # A SIGTERM while still starting (etcd unreachable, say) must stop us too.
         starting = asyncio.create_task(self._start(loop), name="start")
         stopped = asyncio.create_task(self.stopping.wait(), name="stop-signal")
@@ -250,15 +239,20 @@ class Agent:
         """Runs on the watchdog thread: say what was stuck (threads and tasks), then exit."""
         LOG.warning(f"shutdown took longer than {SHUTDOWN_LIMIT:g}s; exiting anyway "
                     "(stacks follow)", extra={"node": self.node})
+        self._dump_tasks(loop)
+        os._exit(0)
+
+    def _dump_tasks(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Every thread's stack and every task's await chain to stderr (also on SIGUSR1:
+        where a stuck agent waits, without stopping it)."""
         faulthandler.dump_traceback(all_threads=True)
         try:
             tasks = list(asyncio.all_tasks(loop))
         except RuntimeError:  # the loop changed its task set while we copied it
             tasks = []
         for task in tasks:
-            sys.stderr.write(f"{task.get_name()} awaits:\n" + "".join(_await_chain(task)))
+            sys.stderr.write(f"{task.get_name()} awaits:\n" + "".join(await_chain(task)))
         sys.stderr.flush()
-        os._exit(0)
 
     async def _cleanup(self) -> None:
         for task in self._tasks:

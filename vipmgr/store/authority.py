@@ -43,6 +43,7 @@ from vipmgr.core.messages import (
 from vipmgr.store.codec import CorruptObjectError, key_suffix, load_object, prefix_end
 
 DEFAULT_PREFIX = "/vipmgr"
+WATCH_CANCEL_LIMIT = 1.0  # s: one watch stream's cancel, at most
 
 
 def authority_prefix(prefix: str) -> str:
@@ -334,17 +335,19 @@ class AuthorityExecutor:
         """Three watches (authority, term, challenges) feeding one snapshot reader."""
         k = self.keys
         changed = asyncio.Event()
-        streams = [await self.client.watch(k.authority.encode()),
-                   await self.client.watch(k.term.encode()),
-                   await self.client.watch(k.challenges.encode(),
-                                           range_end=prefix_end(k.challenges.encode()))]
+        streams: list = []
+        pumps: list[asyncio.Task] = []
+        waiter = None
 
         async def pump(stream) -> None:
             async for _ in stream:
                 changed.set()
 
-        pumps = [asyncio.create_task(pump(s)) for s in streams]
         try:
+            for key, range_end in ((k.authority, None), (k.term, None),
+                                   (k.challenges, prefix_end(k.challenges.encode()))):
+                streams.append(await self.client.watch(key.encode(), range_end=range_end))
+            pumps = [asyncio.create_task(pump(s)) for s in streams]
             changed.set()  # the initial snapshot
             while True:
                 waiter = asyncio.create_task(changed.wait())
@@ -361,7 +364,13 @@ class AuthorityExecutor:
                     if asyncio.iscoroutine(result):
                         await result
         finally:
-            for task in pumps:
-                task.cancel()
+            for task in [*pumps, waiter]:
+                if task is not None:
+                    task.cancel()
             for stream in streams:
-                await stream.cancel()
+                # aetcd queues the cancel behind the client's one watch stream: bounded, so
+                # a stalled stream never keeps the member (and its leave) from finishing
+                try:
+                    await asyncio.wait_for(stream.cancel(), WATCH_CANCEL_LIMIT)
+                except asyncio.TimeoutError:
+                    pass
