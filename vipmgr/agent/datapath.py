@@ -275,9 +275,10 @@ class NodeDatapath:
         if future.exception() is not None:
             LOG.error(f"gratuitous ARP failed: {future.exception()}", extra={"node": self.node})
             return
-        ann = future.result()
-        gateway = vip_owner.get((ann.interface, ann.ip), "?")
-        self.metrics.garp_sent(gateway, ann.interface, ann.frames_sent)
+        for ann in future.result():
+            if ann.frames_sent:
+                gateway = vip_owner.get((ann.interface, ann.ip), "?")
+                self.metrics.garp_sent(gateway, ann.interface, ann.frames_sent)
 
     def announce(self, gateway: str) -> None:
         """Re-announce a VIP now (periodic refresh, or a healed split)."""

@@ -32,6 +32,7 @@ from vipmgr.lab.demo import run_demo
 from vipmgr.lab.netns import NetnsError
 from vipmgr.lab.placement import run_placement, step_line
 from vipmgr.lab.runtime import FAULTS, Lab, LabError
+from vipmgr.lab.scale import run_scale
 from vipmgr.lab.topology import Topology, TopologyError, default_topology_path, load
 
 name_option = click.option("-n", "--name", envvar="VIPMGR_LAB", metavar="LAB",
@@ -388,6 +389,56 @@ def placement(gateways: int, hold_down: float, trials: int, name: str | None,
                    f" p99 {out['p99']:.0f} max {out['max']:.0f}; wrong source "
                    f"{moves['wrong_source']}; dual answer {moves['dual_answer']}; lost "
                    f"{moves['lost']} of {moves['sent']}")
+
+
+@bench.command()
+@click.option("--gateways", type=click.IntRange(2, 151), default=100, show_default=True,
+              help="gateways in all (the seed's egress-gw and gw01..)")
+@click.option("--sample", type=click.FloatRange(2, 60), default=10.0, show_default=True,
+              help="seconds of idle per measurement")
+@click.option("--keepalived/--no-keepalived", default=True, show_default=True,
+              help="also keepalived, one instance per gateway (if installed)")
+@click.option("-n", "--name", help="lab name (default bench-scale)")
+@click.option("-t", "--topo", type=click.Path(exists=True, dir_okay=False),
+              help="topology file (default: lab/egress.clab.yml)")
+@click.option("--keep", is_flag=True, help="leave the vipmgr lab up afterwards")
+@click.option("--json", "as_json", is_flag=True, help="the report as JSON on stdout")
+def scale(gateways: int, sample: float, keepalived: bool, name: str | None, topo: str | None,
+          keep: bool, as_json: bool) -> None:
+    """Agent cost and heartbeat datagrams at 1 and N gateways, and a crash of the node
+    holding a third of them (docs/lab.md).
+
+    \b
+    Idle CPU (one core = 100 %) and RSS of every agent, protocol-112 datagrams per
+    second on the public segment; then the seed gateway's node is crashed under the
+    UDP stream while an ARP prober asks for up to 16 of its VIPs every 10 ms.
+    keepalived runs afterwards on a lab of its own, one instance per gateway.
+    """
+    progress = (lambda msg: click.echo(msg, err=True))
+    try:
+        report = run_scale(gateways, name=name, topology=topo, keep=keep,
+                           keepalived=keepalived, sample=sample, say=progress)
+    except (LabError, NetnsError, TopologyError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"\nvipmgr lab bench scale --gateways {gateways} --sample {sample:g}")
+    for impl in ("vipmgr", "keepalived"):
+        if impl not in report:
+            continue
+        for key, count in (("one", 1), ("many", gateways)):
+            usage = report[impl][key]
+            cpu = "  ".join(f"{n} {v:.2f}%" for n, v in usage["cpu_pct"].items())
+            rss = max(usage["rss_mb"].values())
+            click.echo(f"{impl:<10} {count:>3} gateway(s): cpu {cpu}; rss max {rss:.0f} MB; "
+                       f"heartbeats {usage['heartbeat_datagrams_per_s']:g} datagrams/s "
+                       f"({usage['heartbeat_bytes_per_s']} B/s)")
+    c = report["vipmgr"]["crash"]
+    click.echo(f"crash of {c['victim']} holding {c['held']} gateways: {c['taken_over']} of "
+               f"{c['sampled']} sampled active elsewhere, p50 {c['takeover_p50_ms']} ms, "
+               f"p99 {c['takeover_p99_ms']} ms, max {c['takeover_max_ms']} ms; wrong source "
+               f"{c['wrong_source']}; dual answers {c['dual_answer']}")
 
 
 @lab.command()

@@ -13,6 +13,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 BROADCAST = b"\xff" * 6
 ZERO_MAC = b"\x00" * 6
@@ -41,20 +42,39 @@ class Announcement:
     frames_sent: int
 
 
-def announce(interface: str, ip: str, count: int, interval: float) -> Announcement:
-    """Send ``count`` announcements ``interval`` apart (blocking; run it off the event loop).
+def announce(vips: Iterable[tuple[str, str]], count: int, interval: float,
+             held: Callable[[str, str], bool] = lambda _if, _ip: True) -> list[Announcement]:
+    """Send ``count`` announcements of each (interface, ip), ``interval`` apart (blocking;
+    run it off the event loop), in rounds: every VIP's first pair goes out at once, so a
+    node taking many gateways announces the last as soon as the first.
 
-    The socket is opened in the calling thread's network namespace.
+    ``held(interface, ip)`` is asked before each pair: a VIP given up meanwhile (a
+    rebalance right after a take) is not announced any more — a late announcement would
+    point the segment at a node that no longer answers for it. Sockets are opened in
+    the calling thread's network namespace.
     """
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
-        sock.bind((interface, 0))
-        mac = ":".join(f"{b:02x}" for b in sock.getsockname()[4][:6])
-        frames = garp_frames(mac, ip)
-        sent = 0
+    vips = list(dict.fromkeys(vips))
+    socks: dict[str, socket.socket] = {}
+    sent = {vip: 0 for vip in vips}
+    frames: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+    macs: dict[str, str] = {}
+    try:
+        for interface in {i for i, _ip in vips}:
+            sock = socks[interface] = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+            sock.bind((interface, 0))
+            macs[interface] = ":".join(f"{b:02x}" for b in sock.getsockname()[4][:6])
+        for interface, ip in vips:
+            frames[interface, ip] = garp_frames(macs[interface], ip)
         for i in range(count):
             if i:
                 time.sleep(interval)
-            for frame in frames:
-                sock.send(frame)
-                sent += 1
-    return Announcement(interface, ip, mac, sent)
+            for vip in vips:
+                if not held(*vip):
+                    continue
+                for frame in frames[vip]:
+                    socks[vip[0]].send(frame)
+                    sent[vip] += 1
+    finally:
+        for sock in socks.values():
+            sock.close()
+    return [Announcement(i, ip, macs[i], sent[i, ip]) for i, ip in vips]

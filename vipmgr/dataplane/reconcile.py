@@ -38,7 +38,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from pyroute2 import Conntrack, IPRoute
 
@@ -47,7 +47,7 @@ from vipmgr.dataplane.kernel import KernelError, NetnsThread, Nft, NftMissing
 from vipmgr.dataplane.nftarm import ArmSocket, CounterReader
 from vipmgr.dataplane.nftstate import Refresh
 from vipmgr.dataplane.rtnl import RouteKey, RouteSocket, RouteVal
-from vipmgr.dataplane.plan import NodePlan
+from vipmgr.dataplane.plan import GatewayPlan, NodePlan
 
 RuleKey = tuple[int, int, int, int]  # (priority, table, fwmark, fwmask)
 
@@ -71,7 +71,7 @@ class Report:
     # gateways left while still a member): see _DeferredFlusher
     deferred_flush: "concurrent.futures.Future[dict[conntrack.FlushKey, int]] | None" = \
         field(default=None, repr=False)
-    announcements: list["concurrent.futures.Future[garp.Announcement]"] = \
+    announcements: list["concurrent.futures.Future[list[garp.Announcement]]"] = \
         field(default_factory=list, repr=False)
 
     def __bool__(self) -> bool:
@@ -86,7 +86,7 @@ class Report:
         return "; ".join(parts) or "no change"
 
     def wait_announcements(self, timeout: float = 5.0) -> list[garp.Announcement]:
-        return [f.result(timeout) for f in self.announcements]
+        return [a for f in self.announcements for a in f.result(timeout)]
 
 
 def desired_routes(plan: NodePlan) -> tuple[set[tuple[str, str]], dict[RouteKey, RouteVal],
@@ -150,6 +150,9 @@ class Dataplane:
         # gateway -> its dead-man target; replaced (never mutated) by reconcile BEFORE its
         # nft commit, read by refresh without a lock
         self._targets: dict[str, nftstate.ArmTarget] = {}
+        # the VIPs GARP may announce: replaced (never mutated) by reconcile, a VIP taken
+        # out BEFORE its address goes, put in once armed; read by the GARP thread
+        self._announcing: frozenset[tuple[str, str]] = frozenset()
 
     # --- reading ------------------------------------------------------------------
 
@@ -230,6 +233,7 @@ class Dataplane:
         report = Report()
         want_nft = nftstate.desired(plan)
         want_addrs, want_routes, want_rules = desired_routes(plan)
+        self._announcing = self._announcing & want_addrs
         flushes, deferred = _conntrack_flushes(plan, have.nft, self._plan)
         # a deferred leave flush must not outlive what made it harmless: dropped when the
         # gateway is served here again (its entries are live flows once more), run now
@@ -266,12 +270,10 @@ class Dataplane:
             self._nft.run("\n".join(lines) + "\n")
         report.changes += batch.changes
         # armed from here: announce the new VIPs now, not after the conntrack work below
-        for gw in plan.active:
-            role = gw.active
-            if role is not None and (role.interface, role.egress_ip) in added_vips:
-                report.announcements.append(self._background.submit(
-                    garp.announce, role.interface, role.egress_ip, role.garp.count,
-                    role.garp.interval))
+        self._announcing = frozenset(want_addrs)
+        report.announcements += self._announce(
+            gw for gw in plan.active if gw.active is not None
+            and (gw.active.interface, gw.active.egress_ip) in added_vips)
 
         report.conntrack_deleted = conntrack.delete_matching(self._ct, flushes)
         if deferred:
@@ -384,14 +386,22 @@ class Dataplane:
                  ) -> list["concurrent.futures.Future[garp.Announcement]"]:
         """A GARP burst for one (or every) active VIP now: the periodic refresh and the
         "split healed" re-announce."""
-        out = []
-        for gw in self._plan.active:
+        return self._announce(gw for gw in self._plan.active if gw.active is not None
+                              and gw.active.add_address and gateway in (None, gw.name))
+
+    def _announce(self, gateways: Iterable[GatewayPlan]
+                  ) -> list["concurrent.futures.Future[list[garp.Announcement]]"]:
+        """One GARP job per (count, interval) for these gateways' VIPs, in rounds (a take of
+        many gateways announces all of them at once), each pair sent only while the VIP
+        is still ours."""
+        groups: dict[tuple[int, float], list[tuple[str, str]]] = {}
+        for gw in gateways:
             role = gw.active
-            if role is not None and role.add_address and gateway in (None, gw.name):
-                out.append(self._background.submit(garp.announce, role.interface,
-                                                    role.egress_ip, role.garp.count,
-                                                    role.garp.interval))
-        return out
+            groups.setdefault((role.garp.count, role.garp.interval), []).append(
+                (role.interface, role.egress_ip))
+        return [self._background.submit(garp.announce, vips, count, interval,
+                                        lambda *vip: vip in self._announcing)
+                for (count, interval), vips in sorted(groups.items())]
 
     # --- drop counters ----------------------------------------------------------------
 

@@ -14,7 +14,11 @@ and the router's ARP cache are left untouched) and logs every answer as
 ``"<probe index> <mac> <CLOCK_MONOTONIC>"``. Two MACs answering the same probe
 mean two nodes held the VIP at that moment.
 
-Pure standard library, so both start in a few tens of milliseconds.
+``vrrp`` (on the public segment): counts the heartbeat datagrams (IPv4
+protocol 112) seen on an interface for a while, by source address; it sends
+nothing.
+
+Pure standard library, so each starts in a few tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ETH_P_ARP = 0x0806
+ETH_P_IP = 0x0800
+VRRP_PROTO = 112
 BROADCAST = b"\xff" * 6
 MAX_SECONDS = 30.0  # hard bound for either instrument, whatever the arguments say
 
@@ -123,6 +129,28 @@ def arp_probe(iface: str, target: str, interval: float, duration: float, log_pat
     return probes
 
 
+def count_vrrp(iface: str, duration: float) -> dict:
+    """Protocol-112 datagrams on ``iface`` for ``duration`` s: packets and bytes per source."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
+    sock.bind((iface, ETH_P_IP))
+    duration = min(duration, MAX_SECONDS)
+    packets: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    start = time.monotonic()
+    while (left := start + duration - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            frame = sock.recv(2048)
+        except socket.timeout:
+            break
+        if len(frame) >= 34 and frame[23] == VRRP_PROTO:
+            src = socket.inet_ntoa(frame[26:30])
+            packets[src] = packets.get(src, 0) + 1
+            sizes[src] = sizes.get(src, 0) + len(frame) - 14
+    sock.close()
+    return {"seconds": duration, "packets": packets, "bytes": sizes}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vipmgr.lab.probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,8 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     p_arp.add_argument("--interval", type=float, default=0.01)
     p_arp.add_argument("--duration", type=float, required=True)
     p_arp.add_argument("--log", required=True)
+    p_vrrp = sub.add_parser("vrrp", help="count heartbeat datagrams (protocol 112) by source")
+    p_vrrp.add_argument("--iface", default="eth0")
+    p_vrrp.add_argument("--duration", type=float, required=True)
     args = parser.parse_args(argv)
-    if args.command == "stream":
+    if args.command == "vrrp":
+        print(json.dumps(count_vrrp(args.iface, args.duration)), flush=True)
+    elif args.command == "stream":
         if args.rate <= 0 or args.count < 0:
             parser.error("--rate must be positive and --count not negative")
         print(json.dumps(stream(args.dst, args.port, args.rate, args.count, args.first_seq)),
