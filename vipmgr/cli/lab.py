@@ -39,6 +39,18 @@ name_option = click.option("-n", "--name", envvar="VIPMGR_LAB", metavar="LAB",
                            help="lab name (default: the one lab that is up; $VIPMGR_LAB)")
 
 
+def bench_options(command):
+    """-t/--topo, --keep and --json, as every benchmark takes them."""
+    for option in reversed((
+            click.option("-t", "--topo", type=click.Path(exists=True, dir_okay=False),
+                         help="topology file (default: lab/egress.clab.yml)"),
+            click.option("--keep", is_flag=True, help="leave the lab up afterwards"),
+            click.option("--json", "as_json", is_flag=True,
+                         help="the report as JSON on stdout"))):
+        command = option(command)
+    return command
+
+
 def _running_lab(name: str | None) -> Lab:
     """The lab a command acts on: ``name``, or the only lab that is up."""
     try:
@@ -293,10 +305,7 @@ def bench() -> None:
 @click.option("--duration", type=click.FloatRange(1.5, MAX_STREAM), default=3.0,
               show_default=True, help="seconds of stream per trial (the fault hits at 1 s)")
 @click.option("-n", "--name", help="lab name (default bench-<impl>)")
-@click.option("-t", "--topo", type=click.Path(exists=True, dir_okay=False),
-              help="topology file (default: lab/egress.clab.yml)")
-@click.option("--keep", is_flag=True, help="leave the lab up afterwards")
-@click.option("--json", "as_json", is_flag=True, help="the report as JSON on stdout")
+@bench_options
 @click.option("--plot", type=click.Path(dir_okay=False, writable=True), metavar="FILE.svg",
               help="draw the median trial: arrivals by delivering node, outage, ARP owners")
 @click.option("--tcp-flows", type=click.IntRange(0, 1000), default=0, show_default=True,
@@ -353,10 +362,7 @@ def failover(fault: str, trials: int, impl_name: str, rate: float, duration: flo
 @click.option("--trials", type=click.IntRange(0, 100), default=5, show_default=True,
               help="rebalance moves measured with the stream and the ARP prober")
 @click.option("-n", "--name", help="lab name (default bench-placement)")
-@click.option("-t", "--topo", type=click.Path(exists=True, dir_okay=False),
-              help="topology file (default: lab/egress.clab.yml)")
-@click.option("--keep", is_flag=True, help="leave the lab up afterwards")
-@click.option("--json", "as_json", is_flag=True, help="the report as JSON on stdout")
+@bench_options
 def placement(gateways: int, hold_down: float, trials: int, name: str | None,
               topo: str | None, keep: bool, as_json: bool) -> None:
     """The spread of many gateways over the egress nodes after each change, and the cost
@@ -399,10 +405,7 @@ def placement(gateways: int, hold_down: float, trials: int, name: str | None,
 @click.option("--keepalived/--no-keepalived", default=True, show_default=True,
               help="also keepalived, one instance per gateway (if installed)")
 @click.option("-n", "--name", help="lab name (default bench-scale)")
-@click.option("-t", "--topo", type=click.Path(exists=True, dir_okay=False),
-              help="topology file (default: lab/egress.clab.yml)")
-@click.option("--keep", is_flag=True, help="leave the vipmgr lab up afterwards")
-@click.option("--json", "as_json", is_flag=True, help="the report as JSON on stdout")
+@bench_options
 def scale(gateways: int, sample: float, keepalived: bool, name: str | None, topo: str | None,
           keep: bool, as_json: bool) -> None:
     """Agent cost and heartbeat datagrams at 1 and N gateways, and a crash of the node

@@ -152,17 +152,8 @@ class Impl(ABC):
         return None
 
 
-class Keepalived(Impl):
-    """keepalived's usual egress recipe, one instance per egress node, in the foreground."""
-
-    name = "keepalived"
-    VRID = 51
-    CONF = """\
-global_defs {{
-    router_id {node}
-    vrrp_garp_master_delay 0
-}}
-vrrp_instance egress {{
+KEEPALIVED_INSTANCE = """\
+vrrp_instance {name} {{
     state BACKUP
     nopreempt
     interface eth1
@@ -171,11 +162,38 @@ vrrp_instance egress {{
     priority {priority}
     advert_int {advert}
     virtual_ipaddress {{
-        {vip}/32 dev eth1
-        {internal_vip}/32 dev eth0
+{addresses}
     }}
 }}
 """
+
+
+def keepalived_conf(node: str, instances: list[tuple[str, int, int, tuple[str, ...]]]) -> str:
+    """keepalived's config for ``node``: per (name, vrid, priority, addresses) one VRRPv3
+    instance, BACKUP + nopreempt (vipmgr's default), at vipmgr's advert interval."""
+    return f"global_defs {{\n    router_id {node}\n    vrrp_garp_master_delay 0\n}}\n" + "".join(
+        KEEPALIVED_INSTANCE.format(name=name, vrid=vrid, priority=priority,
+                                   advert=f"{ADVERT_INTERVAL:g}",
+                                   addresses="\n".join(f"        {a}" for a in addresses))
+        for name, vrid, priority, addresses in instances)
+
+
+def start_keepalived(lab: Lab, node: str, conf_text: str) -> None:
+    """Write ``node``'s keepalived.conf and start keepalived in the foreground as its main
+    process (pid files in its workdir)."""
+    wd = lab.workdir(node)
+    conf, pid, vrrp_pid = wd / "keepalived.conf", wd / "keepalived.pid", wd / "vrrp.pid"
+    conf.write_text(conf_text)
+    # a crash leaves pid files behind, and keepalived refuses to start over them
+    lab.start(node, ["sh", "-c", f"rm -f {pid} {vrrp_pid}; exec keepalived -n -l -D -P "
+                                 f"-f {conf} -p {pid} -r {vrrp_pid}"])
+
+
+class Keepalived(Impl):
+    """keepalived's usual egress recipe, one instance per egress node, in the foreground."""
+
+    name = "keepalived"
+    VRID = 51
     SNAT = ("table ip bench_egress {{\n chain post {{\n  type nat hook postrouting priority srcnat;\n"
             "  ip saddr {src} oifname eth1 snat to {vip}\n }}\n}}\n")
 
@@ -187,15 +205,10 @@ vrrp_instance egress {{
         say(f"keepalived on {', '.join(GATEWAYS)}: VRRPv3 advert_int {ADVERT_INTERVAL:g} s, "
             f"VIPs {VIP} (eth1) and {INTERNAL_VIP} (eth0), static SNAT")
         for i, gw in enumerate(GATEWAYS):
-            wd = lab.workdir(gw)
-            conf, pid, vrrp_pid = wd / "keepalived.conf", wd / "keepalived.pid", wd / "vrrp.pid"
-            conf.write_text(self.CONF.format(node=gw, vrid=self.VRID, priority=150 - 10 * i,
-                                             advert=f"{ADVERT_INTERVAL:g}", vip=VIP,
-                                             internal_vip=INTERNAL_VIP))
             lab.netns(gw).run(["nft", "-f", "-"], input=self.SNAT.format(src=SENDER_IP, vip=VIP))
-            # a crash leaves pid files behind, and keepalived refuses to start over them
-            lab.start(gw, ["sh", "-c", f"rm -f {pid} {vrrp_pid}; exec keepalived -n -l -D -P "
-                                       f"-f {conf} -p {pid} -r {vrrp_pid}"])
+            start_keepalived(lab, gw, keepalived_conf(gw, [
+                ("egress", self.VRID, 150 - 10 * i, (f"{VIP}/32 dev eth1",
+                                                     f"{INTERNAL_VIP}/32 dev eth0"))]))
         worker = lab.netns("worker-b")
         worker.ip("rule", "add", "from", SENDER_IP, "to", "203.0.113.0/24", "lookup", "100")
         worker.ip("route", "add", "default", "via", INTERNAL_VIP, "dev", "eth0", "table", "100")

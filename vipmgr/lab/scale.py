@@ -31,8 +31,8 @@ from pathlib import Path
 
 from vipmgr.lab.analysis import dual_answers, percentile
 from vipmgr.lab.bench import (
-    ADVERT_INTERVAL, AGENT_NODES, ARP_INTERVAL, ECHO_NODE, GATEWAY_NAME, GATEWAYS, PY, VIP,
-    FailoverBench, Say, Vipmgr, _quiet, agent_cmd, seed_network,
+    AGENT_NODES, ARP_INTERVAL, ECHO_NODE, GATEWAY_NAME, GATEWAYS, PY, VIP, FailoverBench, Say,
+    Vipmgr, _quiet, agent_cmd, keepalived_conf, seed_network, start_keepalived,
 )
 from vipmgr.lab.placement import FIRST_EXTRA_VIP, agent_config, gateway_manifests
 from vipmgr.lab.probe import read_arp_log
@@ -216,29 +216,11 @@ def run_vipmgr(gateways: int, name: str, topology: str | None, keep: bool, say: 
             destroy(lab.name)
 
 
-KEEPALIVED_INSTANCE = """\
-vrrp_instance {name} {{
-    state BACKUP
-    nopreempt
-    interface eth1
-    virtual_router_id {vrid}
-    version 3
-    priority {priority}
-    advert_int {advert}
-    virtual_ipaddress {{
-        {vip}/32 dev eth1
-    }}
-}}
-"""
-
-
-def keepalived_conf(node: str, priority: int, gateways: int) -> str:
+def keepalived_instances(priority: int, gateways: int) -> list:
     """One VRRPv3 instance per gateway (VRID 1.., the same VIPs as vipmgr's)."""
     names = [GATEWAY_NAME] + [f"gw{i:02d}" for i in range(1, gateways)]
-    return (f"global_defs {{\n    router_id {node}\n}}\n" + "".join(
-        KEEPALIVED_INSTANCE.format(name=g.replace("-", "_"), vrid=i + 1, priority=priority,
-                                   advert=f"{ADVERT_INTERVAL:g}", vip=gateway_vip(g))
-        for i, g in enumerate(names)))
+    return [(g.replace("-", "_"), i + 1, priority, (f"{gateway_vip(g)}/32 dev eth1",))
+            for i, g in enumerate(names)]
 
 
 def run_keepalived(gateways: int, name: str, topology: str | None, say: Say,
@@ -250,13 +232,9 @@ def run_keepalived(gateways: int, name: str, topology: str | None, say: Say,
         out = {}
         for count in (1, gateways):
             for i, gw in enumerate(GATEWAYS):
-                wd = lab.workdir(gw)
                 lab.stop(gw)
-                conf = wd / "keepalived.conf"
-                conf.write_text(keepalived_conf(gw, 150 - 10 * i, count))
-                pid, vrrp_pid = wd / "keepalived.pid", wd / "vrrp.pid"
-                lab.start(gw, ["sh", "-c", f"rm -f {pid} {vrrp_pid}; exec keepalived -n -l -D "
-                                           f"-P -f {conf} -p {pid} -r {vrrp_pid}"])
+                start_keepalived(lab, gw, keepalived_conf(gw, keepalived_instances(
+                    150 - 10 * i, count)))
             time.sleep(CALM + 2.0)
             say(f"keepalived idle with {count} instance(s), {sample:g} s")
             out["one" if count == 1 else "many"] = idle(lab, GATEWAYS, sample)
