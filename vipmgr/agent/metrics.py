@@ -124,6 +124,8 @@ class AgentMetrics:
             registry=r)
         self.heartbeats_received = Counter(
             "vipmgr_heartbeats_received", "Heartbeat advertisements accepted.", gw, registry=r)
+        self._sent: dict[tuple[str, str], Counter] = {}
+        self._received: dict[str, Counter] = {}
         self.heartbeats_rejected = Counter(
             "vipmgr_heartbeats_rejected", "Received datagrams dropped, by reason.", ["reason"],
             registry=r)
@@ -273,10 +275,18 @@ class AgentMetrics:
     # --- heartbeats -----------------------------------------------------------------------
 
     def heartbeat_sent(self, gateway: str, interface: str) -> None:
-        self.heartbeats_sent.labels(gateway, interface).inc()
+        child = self._sent.get((gateway, interface))
+        if child is None:
+            child = self._sent[gateway, interface] = self.heartbeats_sent.labels(gateway, interface)
+        child.inc()
 
     def heartbeat_received(self, gateway: str) -> None:
-        self.heartbeats_received.labels(gateway).inc()
+        """Once per record heard (thousands a second at many gateways): the labelled child
+        is looked up once per gateway, not per call (counters are never removed)."""
+        child = self._received.get(gateway)
+        if child is None:
+            child = self._received[gateway] = self.heartbeats_received.labels(gateway)
+        child.inc()
 
     def heartbeat_rejected(self, reason: str) -> None:
         """``reason``: a :class:`vipmgr.wire.message.Reject` value."""
