@@ -166,6 +166,20 @@ def test_sighup_reloads_probes(lab):
     healthy_again(lab)
 
 
+def test_sigusr1_dumps_threads_and_tasks_and_the_agent_carries_on(lab):
+    """Where a stuck agent waits, without stopping it: every thread's stack and every
+    task's await chain go to its log; it keeps its role."""
+    first = active(lab)
+    log = lab.log_path(first)
+    before = log.stat().st_size
+    os.kill(lab.node(first).pid, signal.SIGUSR1)
+    dump = wait_for(lambda: (t := log.read_bytes()[before:].decode(errors="replace"))
+                    and "heartbeat-keys awaits:" in t and t, 5.0, "the task dump in the log")
+    assert "Thread 0x" in dump and "(most recent call first)" in dump  # faulthandler's
+    assert "selfcheck awaits:" in dump and "_selfcheck_loop" in dump
+    assert lab.process_state(first) == "running" and active(lab) == first
+
+
 def test_status_exit_codes_follow_eligibility(lab):
     assert status(lab)[0] == 0
     holder = active(lab)
