@@ -68,9 +68,10 @@ def announce(vips: Iterable[tuple[str, str]], count: int, interval: float,
         for i in range(count):
             if i:
                 time.sleep(interval)
-            for vip in vips:
-                if not held(*vip):
-                    continue
+            live = [vip for vip in vips if held(*vip)]
+            if not live:
+                break  # every VIP given up: the thread is free for the next job
+            for vip in live:
                 for frame in frames[vip]:
                     socks[vip[0]].send(frame)
                     sent[vip] += 1

@@ -266,7 +266,22 @@ class Vipmgr(Impl):
 
     def unstable(self, lab: Lab) -> str | None:
         down = [n for n in WORKERS if lab.process_state(n) != "running"]
-        return f"agent not running on {', '.join(down)}" if down else super().unstable(lab)
+        if down:
+            return f"agent not running on {', '.join(down)}"
+        return super().unstable(lab) or self._moving(lab)
+
+    @staticmethod
+    def _moving(lab: Lab) -> str | None:
+        """A rebalance placement still wants for the seed gateway (its first choice joined
+        late, say): a trial started now would measure that move, not its fault."""
+        out = lab.exec("etcd", ["vipmgr", "status", "-o", "json"], timeout=10)
+        try:
+            pending = json.loads(out.stdout)["placement"]["pending"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return "no placement in vipmgr status"
+        move = next((m for m in pending if m["gateway"] == GATEWAY_NAME), None)
+        return f"placement still moves {GATEWAY_NAME} {move['from']} -> {move['to']}" \
+            if move else None
 
 
 IMPLS: dict[str, type[Impl]] = {"vipmgr": Vipmgr, "keepalived": Keepalived}
