@@ -88,22 +88,24 @@ def _rss_mb(sid: int) -> float:
 def idle(lab: Lab, nodes: tuple[str, ...], seconds: float = SAMPLE) -> dict:
     """CPU % and RSS of each node's main process, and heartbeat datagrams per second on
     the public segment, over ``seconds`` of calm."""
-    pids = {n: lab.node(n).pid for n in nodes if lab.process_state(n) == "running"}
+    # each main process leads a session of its own: its pid is the session id
+    sessions = {n: lab.node(n).pid for n in nodes if lab.process_state(n) == "running"}
     counter = subprocess.Popen(
         lab.netns(ECHO_NODE).argv([PY, "-m", "vipmgr.lab.probe", "vrrp", "--iface", "eth0",
                                    "--duration", str(seconds)]),
         env=lab.env(ECHO_NODE), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
-    before = {n: _cpu_seconds(pid) for n, pid in pids.items()}
+    before = {n: _cpu_seconds(sid) for n, sid in sessions.items()}
     out, err = counter.communicate(timeout=seconds + 30)
     wall = time.monotonic() - t0
-    cpu = {n: round(100 * (_cpu_seconds(pid) - before[n]) / wall, 2) for n, pid in pids.items()}
+    cpu = {n: round(100 * (_cpu_seconds(sid) - before[n]) / wall, 2)
+           for n, sid in sessions.items()}
     try:
         seen = json.loads(out)
     except json.JSONDecodeError:
         raise LabError(f"heartbeat counter failed: {err.strip()}") from None
     packets = sum(seen["packets"].values())
-    return {"cpu_pct": cpu, "rss_mb": {n: round(_rss_mb(pid), 1) for n, pid in pids.items()},
+    return {"cpu_pct": cpu, "rss_mb": {n: round(_rss_mb(sid), 1) for n, sid in sessions.items()},
             "heartbeat_datagrams_per_s": round(packets / seen["seconds"], 1),
             "heartbeat_bytes_per_s": round(sum(seen["bytes"].values()) / seen["seconds"])}
 
