@@ -61,13 +61,15 @@ def holder_index(nodes=3) -> int:
 @pytest.mark.parametrize("nodes", [3, 5])
 def test_link_down_of_the_holder_fails_over_in_the_first_challenge(nodes):
     """Its heartbeat interface loses carrier (nothing in, nothing out) while etcd is
-    fine: it heard nobody for S when the first challenge comes, so it yields to the
-    challenger at once instead of answering on stale hearing (one backoff, ~1.1 s)."""
+    fine: it hears nobody when the first challenge comes, so once three standby adverts
+    of every member are missing it yields to the challenger, before the challenge window
+    would have ended (instead of answering on stale hearing: one backoff, ~1.1 s)."""
     holder = f"n{holder_index(nodes) + 1}"
     w, out = world([Episode("isolate_active", 0.8, 0.4)], nodes=nodes)
     assert out.violations == []
     (took,) = out.link_down
-    assert took < T.suspect_time + T.advert_interval + 0.015
+    assert took < 3 * T.standby_advert_interval + T.advert_interval  # heard <= the cut
+    assert took < T.suspect_time + T.challenge_window  # sooner than a depose would be
     (new,) = active_now(w)
     assert new != holder
     assert any(f"{holder} gw1   active -> releasing (release: isolated" in line

@@ -13,7 +13,7 @@ from vipmgr.core.messages import (
 )
 from vipmgr.sim.etcd import EtcdModel
 
-from test_transitions import T, Driver, active_driver
+from test_transitions import DEAF, T, Driver, active_driver
 
 S, W, F = T.suspect_time, T.challenge_window, T.fence_deadline
 STEP = T.standby_advert_interval / 2
@@ -132,6 +132,7 @@ def test_isolated_side_rule_follows_the_member_count():
     d.run_until(S + 0.001)
     assert d.el.role is Role.CHALLENGING
     holder.feed(WatchUpdate(etcd.view(holder.keys)), d.now)
+    holder.run_until(0.02 + DEAF + 0.001)  # silent since it learnt of c
     assert holder.el.role is Role.STANDBY and holder.of(Release)
 
 

@@ -205,8 +205,9 @@ def test_five_thousand_schedules_in_ci():
     assert graceful_p99 <= 20.0
     # under scheduling jitter (stalls, slow etcd) crash failover still meets the bound
     assert float(re.search(r"jitter_failover_p99_ms=([\d.]+)", lines[-2]).group(1)) <= 300.0
-    # link-down of the active's heartbeat interface: the first challenge moves the role
-    assert float(re.search(r"\blinkdown_p99_ms=([\d.]+)", lines[-2]).group(1)) <= 150.0
+    # link-down of the active's heartbeat interface: the holder gives the role up once it
+    # heard no member for three standby adverts (150 ms), a crash takes ~216 ms
+    assert float(re.search(r"\blinkdown_p99_ms=([\d.]+)", lines[-2]).group(1)) <= 175.0
     assert float(re.search(r"startup_best_ranked_pct=([\d.]+)", lines[-2]).group(1)) >= 99.0
     print(lines[-2], lines[-1], f"wall={wall:.0f}s")
     assert wall < 240

@@ -66,9 +66,15 @@ class Election(Hearing, Guards, Holder, Standby, EtcdResults, Lifecycle, TimerWh
         self._pause_gap = 2 * t.standby_advert_interval + t.advert_interval
         self._listen = t.listen_time
         # Challenged by a node that hears others, the holder answers if it heard a peer
-        # within _answer_quiet and is the isolated one once it heard none for _deaf_after.
+        # within _answer_quiet and is the isolated one once it heard none for _deaf_after:
+        # three standby adverts of every member lost (VRRP's master-down count), not one
+        # or two, which 20 % random loss drops together on ~1 challenge in 150. That also
+        # outlasts _pause_gap, so a loop stall alone cannot look like deafness (a longer
+        # one is a pause and restarts the count), and it ends before the challenger's
+        # window does (the release beats the depose).
         self._answer_quiet = self._S - t.advert_interval
-        self._deaf_after = max(self._S, t.standby_advert_interval + t.advert_interval)
+        self._deaf_after = max(self._S, min(3 * t.standby_advert_interval,
+                                            self._S + self._W - t.etcd_timeout))
         # A VRRP fallback active's kernel state lives deadmanTimeout past its last advert
         # (its clock): heard within this, it may still be effective.
         self._fallback_horizon = max(self._S, self._D * t.drift_factor)
