@@ -154,6 +154,15 @@ def test_schedule_is_reproducible_and_fits_the_minutes():
     assert {s.kind for s in make_schedule(1, 3, ["crash"])} == {"crash"}
 
 
+def test_a_fixed_hold_keeps_one_fault_for_the_whole_run():
+    steps = make_schedule(1, 10.2, ["heartbeat-loss"], hold=600)
+    assert [(s.kind, s.hold) for s in steps] == [("heartbeat-loss", 600)]
+    assert steps[0].at + 600 <= 10.2 * 60
+    # instant faults stay instant; a hold too long for the run leaves no step
+    assert {s.hold for s in make_schedule(1, 3, ["switchover", "crash"], hold=5)} == {0.0, 5}
+    assert make_schedule(1, 2, ["crash"], hold=200) == []
+
+
 def test_agent_pauses_and_log_lines_are_taken_from_the_run_only(tmp_path):
     import time
 

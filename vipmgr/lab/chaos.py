@@ -141,20 +141,22 @@ class Step:
     pick: float
 
 
-def make_schedule(seed: int, minutes: float, kinds: Sequence[str]) -> list[Step]:
-    """The same steps for the same seed, minutes and kinds."""
+def make_schedule(seed: int, minutes: float, kinds: Sequence[str],
+                  hold: float | None = None) -> list[Step]:
+    """The same steps for the same seed, minutes, kinds and ``hold`` (seconds each fault is
+    held; None: random within HOLD)."""
     rng = random.Random(seed)
     total = minutes * 60
     steps: list[Step] = []
     t = WARMUP
     while True:
         kind = KINDS[rng.choice(list(kinds))]
-        hold = 0.0 if kind.instant else round(rng.uniform(*HOLD), 1)
+        held = 0.0 if kind.instant else round(rng.uniform(*HOLD), 1) if hold is None else hold
         calm = round(BOUND + rng.uniform(*CALM), 1)
-        if t + hold + calm > total:
+        if t + held + calm > total:
             return steps
-        steps.append(Step(round(t, 1), kind.name, hold, calm, round(rng.random(), 3)))
-        t += hold + calm
+        steps.append(Step(round(t, 1), kind.name, held, calm, round(rng.random(), 3)))
+        t += held + calm
 
 
 @dataclass
@@ -674,11 +676,13 @@ def render(report: dict) -> str:
 
 
 def run_chaos(minutes: float, seed: int, *, name: str = "chaos", topology: str | None = None,
-              kinds: Sequence[str] | None = None, keep: bool = False,
-              say: Say = lambda _m: None) -> dict:
+              kinds: Sequence[str] | None = None, hold: float | None = None,
+              keep: bool = False, say: Say = lambda _m: None) -> dict:
     """Deploy a lab, play the schedule, check, tear down; the report (``render`` prints it)."""
     if not 0 < minutes <= MAX_MINUTES:
         raise LabError(f"--minutes must be in (0, {MAX_MINUTES:g}]")
+    if hold is not None and not 0 < hold < minutes * 60:
+        raise LabError(f"--hold must be in (0, {minutes * 60:g}) seconds (the run's length)")
     if name in running_labs():
         raise LabError(f"lab {name!r} is already up: pick another -n or 'vipmgr lab down "
                        f"--name {name}'")
@@ -692,7 +696,7 @@ def run_chaos(minutes: float, seed: int, *, name: str = "chaos", topology: str |
         chaos = Chaos(lab, say)
         n_members = len(chaos.members)
         usable = [k for k in (kinds or KINDS) if KINDS[k].members <= n_members]
-        schedule = make_schedule(seed, minutes, usable)
+        schedule = make_schedule(seed, minutes, usable, hold)
         chaos.bench.wait_stable(STABLE_TIMEOUT)
         say(f"{len(schedule)} faults over {minutes:g} min (seed {seed})")
         wall0, start = time.time(), time.monotonic()
@@ -747,11 +751,15 @@ def run_chaos(minutes: float, seed: int, *, name: str = "chaos", topology: str |
               help="topology file (default: lab/egress-etcd3.clab.yml)")
 @click.option("--fault", "faults", multiple=True, type=click.Choice(list(KINDS)),
               help="only these kinds of fault (repeatable; default: all the topology allows)")
+@click.option("--hold", type=float, default=None,
+              help="seconds each fault is held (default: random, 3-8 s); e.g. --minutes 10.2 "
+              "--fault heartbeat-loss --hold 600 keeps one fault for ten minutes")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="also write the report as JSON to this file")
 @click.option("--keep", is_flag=True, help="leave the lab up afterwards")
 def chaos_command(minutes: float, seed: int | None, name: str, topology: str | None,
-                  faults: tuple[str, ...], json_path: str | None, keep: bool) -> None:
+                  faults: tuple[str, ...], hold: float | None, json_path: str | None,
+                  keep: bool) -> None:
     """A reproducible random schedule of faults against the real agents, with checkers;
     exit 1 on any anomaly (docs/chaos.md)."""
     if seed is None:
@@ -759,7 +767,8 @@ def chaos_command(minutes: float, seed: int | None, name: str, topology: str | N
     click.echo(f"seed {seed}")
     try:
         report = run_chaos(minutes, seed, name=name, topology=topology,
-                           kinds=list(faults) or None, keep=keep, say=click.echo)
+                           kinds=list(faults) or None, hold=hold, keep=keep,
+                           say=click.echo)
     except (LabError, subprocess.TimeoutExpired) as exc:
         where = f"left up: vipmgr lab down --name {name}" if keep else \
             "torn down; --keep leaves it up to look at"
