@@ -86,11 +86,13 @@ def test_cordon_uncordon_and_describe(vipmgr, tmp_path):
     f = tmp_path / "n.yaml"
     f.write_text(NODES)
     vipmgr("apply", "-f", str(f))
-    assert "cordoned" in vipmgr("cordon", "gw-a").output
+    assert vipmgr("cordon", "gw-a").output.strip() == "node/gw-a cordoned"
+    assert vipmgr("cordon", "gw-a").output.strip() == "node/gw-a already cordoned"
     assert "SchedulingDisabled" in vipmgr("get", "nodes").output
     desc = vipmgr("describe", "node", "gw-a").output
     assert "cordoned:       True" in desc
-    vipmgr("uncordon", "gw-a")
+    assert vipmgr("uncordon", "gw-a").output.strip() == "node/gw-a uncordoned"
+    assert vipmgr("uncordon", "gw-a").output.strip() == "node/gw-a already uncordoned"
     assert "SchedulingDisabled" not in vipmgr("get", "nodes").output
     vipmgr("cordon", "nope", code=1)
 

@@ -517,7 +517,8 @@ def _set_cordon(value: bool):
             manifest.setdefault("spec", {})["unschedulable"] = value
             return verb
 
-        click.echo(str(await store.update(KIND_BY_KIND["Node"], node, mutate)))
+        click.echo(str(await store.update(KIND_BY_KIND["Node"], node, mutate,
+                                          unchanged=f"already {verb}")))
 
     command.__name__ = verb
     command.__doc__ = ("Mark NODE ineligible: it releases every gateway it is active for."

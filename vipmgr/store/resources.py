@@ -383,8 +383,10 @@ class ResourceStore:
 
     async def update(self, info: KindInfo, key_name: str,
                      mutate: Callable[[dict[str, Any]], str], *,
-                     warn: Callable[[list[Problem]], None] | None = None) -> Outcome:
-        """Read, ``mutate`` the manifest (returns the verb), validate, write if changed.
+                     warn: Callable[[list[Problem]], None] | None = None,
+                     unchanged: str | None = None) -> Outcome:
+        """Read, ``mutate`` the manifest (returns the verb), validate, write if changed;
+        ``unchanged``: what to say when it was so already (default "not <verb> (no change)").
 
         With ``warn`` (the CLI's label command) the changed object is also checked across
         objects, like apply: errors refuse it, warnings go to ``warn``. The agent's own
@@ -402,7 +404,7 @@ class ResourceStore:
             problems.raise_if_any()
             assert obj is not None
             if json.loads(encode(obj)) == json.loads(kv.value):
-                return Outcome(info.kind, key_name, f"not {verb} (no change)")
+                return Outcome(info.kind, key_name, unchanged or f"not {verb} (no change)")
             if warn is not None:
                 stored = await self.list_all()
                 findings = check_objects([obj], stored, lambda o, path: f"{info.singular} "
