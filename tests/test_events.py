@@ -38,9 +38,13 @@ def test_classify_names_the_cause(change, reason):
 class FakeMetrics:
     def __init__(self):
         self.failed = 0
+        self.failovers: list[tuple[str, str]] = []
 
     def history_write_failed(self, _gateway):
         self.failed += 1
+
+    def failover_completed(self, gateway, reason):
+        self.failovers.append((gateway, reason))
 
 
 @pytest.mark.etcd
@@ -163,9 +167,10 @@ def test_a_takeover_of_a_vacated_authority_names_the_last_holder(etcd_server, et
     assert reason == "cordon" and failover[-1].previous == "gw-b"
 
 
-def test_the_history_waits_for_a_late_holder_note():
-    """The new active serves before the holder's note is read: the metric gets 'released'
-    now, the history gets the holder's reason once the note arrives."""
+def test_the_history_and_the_count_wait_for_a_late_holder_note():
+    """The new active serves before the holder's note is read: the caller learns 'released'
+    now; the history and the failover count get the holder's reason once the note arrives
+    (counted once, never under 'released')."""
     import json as _json
     import time as _time
     from types import SimpleNamespace
@@ -184,18 +189,45 @@ def test_the_history_waits_for_a_late_holder_note():
             await asyncio.sleep(0.3)
             return [SimpleNamespace(value=_json.dumps(note.to_dict()).encode())]
 
+    metrics = FakeMetrics()
+
     async def go():
-        b = GatewayEvents(SlowReads(), "/x", "egw", "gw-b")
+        b = GatewayEvents(SlowReads(), "/x", "egw", "gw-b", metrics)
         b.role_changed(RoleChanged("standby", "acquiring", "authority-free", "vacated"), 0,
                        "gw-a")
         now = b.role_changed(RoleChanged("acquiring", "active", "acquired", ""), 10, None)
+        counted_at_once = list(metrics.failovers)
         await asyncio.sleep(0.5)
         await b.close()
-        return now
+        return now, counted_at_once
 
-    assert asyncio.run(go()) == "released"
+    now, counted_at_once = asyncio.run(go())
+    assert now == "released" and counted_at_once == []
     (failover,) = [v for k, v in written.items() if k.endswith("-failover")]
     assert failover["reason"] == "switchover" and failover["previous"] == "gw-a"
+    assert metrics.failovers == [("egw", "switchover")]
+
+
+def test_a_failover_whose_reason_is_known_is_counted_at_once():
+    class Quiet:
+        async def put(self, *_a, **_k):
+            pass
+
+        async def get_prefix(self, *_a, **_k):
+            return []
+
+    metrics = FakeMetrics()
+
+    async def go():
+        b = GatewayEvents(Quiet(), "/x", "egw", "gw-b", metrics)
+        b.role_changed(RoleChanged("standby", "challenging", "suspected", "no adverts"), 0, None)
+        b.role_changed(RoleChanged("challenging", "acquiring", "window-expired", ""), 0, None)
+        b.role_changed(RoleChanged("acquiring", "active", "acquired", ""), 10, None)
+        counted = list(metrics.failovers)
+        await b.close()
+        return counted
+
+    assert asyncio.run(go()) == [("egw", "silence")]
 
 
 def test_a_standby_that_never_moved_still_names_the_holder_that_let_go(etcd_server, etcd_prefix):

@@ -74,7 +74,8 @@ def classify(change: RoleChanged) -> str:
 
 
 class GatewayEvents:
-    """One member's history writer; ``role_changed`` returns the failover reason to count."""
+    """One member's history writer and failover counter (``vipmgr_gateway_failovers_total``
+    under the reason the history gets); ``role_changed`` returns the reason known at once."""
 
     def __init__(self, client, prefix: str, gateway: str, node: str, metrics=None) -> None:
         self.client, self.prefix, self.gateway, self.node = client, prefix, gateway, node
@@ -128,25 +129,32 @@ class GatewayEvents:
             elif previous is None and failover_reason in ("released", "superseded"):
                 failover_reason = "initial"
             elif note is not None and not note.done():
-                # the holder's note is still on its way: the history waits for it (bounded);
-                # the metric counts what is known now
+                # the holder's note is still on its way: the history and the failover count
+                # wait for it (bounded); the caller gets what is known now
                 event = store.GatewayEvent(self.gateway, self.node, "failover", now,
                                            failover_reason, change.old, change.new,
                                            change.detail or change.cause, epoch, previous or "",
                                            duration)
                 self._spawn(self._append_after(note, event))
                 return failover_reason
-        self._write(store.GatewayEvent(
+        self._failover(store.GatewayEvent(
             self.gateway, self.node, "failover", now, failover_reason, change.old, change.new,
             change.detail or change.cause, epoch, previous or "", duration))
         return failover_reason
 
+    def _failover(self, event: store.GatewayEvent) -> None:
+        """Count a failover to this node under its final reason and write it to the history."""
+        if self.metrics is not None:
+            self.metrics.failover_completed(self.gateway, event.reason)
+        self._write(event)
+
     async def _append_after(self, note: asyncio.Task, event: store.GatewayEvent) -> None:
-        """Write ``event`` with the holder's reason once its note arrived (at most 1 s)."""
+        """Count and write ``event`` with the holder's reason once its note arrived (at
+        most 1 s)."""
         done, _ = await asyncio.wait([note], timeout=NOTE_WAIT)
         if done and not note.cancelled() and note.exception() is None and note.result():
             event.reason = note.result()
-        await self._append(event)
+        self._failover(event)
 
     def _other(self, holder: str | None) -> str | None:
         return holder if holder and holder != self.node else None

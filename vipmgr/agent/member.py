@@ -243,7 +243,6 @@ class GatewayMember:
                 "reason": reason,
                 "duration_ms": round((now - self.info.left_standby_at) * 1e3, 1), "at": now}
             self.info.left_standby_at = None
-            self.ctx.metrics.failover_completed(self.name, reason)
         if new in SERVING:
             self.ctx.metrics.epoch_seen(self.name, change.epoch)
         if new == Role.VRRP_ACTIVE.value or old == Role.VRRP_ACTIVE.value:
