@@ -4,7 +4,8 @@ The lines are parsed out of README.md (the first ``sh`` block of the "## Lab"
 section), so the test breaks when the README drifts from what the lab does.
 Only the lab name differs: ``$VIPMGR_LAB`` keeps this lab apart from a user's.
 A line commented with an address must print exactly that address; ``vipmgr
-status`` may say degraded (exit 1) right after a crash; every other line exits 0.
+status`` may say degraded (exit 1) right after a crash, but must show another
+active than before it and "last failover: <old> -> <new>"; every other line exits 0.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def test_readme_lab_steps_run_as_written(request):
                PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
     env.pop("VIPMGR_ETCD", None)
     cwd = README.parent
+    actives: list[str] = []  # the active each status line shows
+    crashed = False
     try:
         for step, (command, comment) in enumerate(readme_lab_lines()):
             out = subprocess.run(shlex.split(command), cwd=cwd, env=env, capture_output=True,
@@ -76,6 +79,16 @@ def test_readme_lab_steps_run_as_written(request):
             if want is not None:
                 assert out.stdout.strip() == want, (command, out.stdout, out.stderr)
             if command.endswith("vipmgr status"):
-                assert "active: <none>" not in out.stdout, (command, out.stdout)
+                active = re.search(r"^  active: (\S+)", out.stdout, re.M)
+                assert active and active.group(1) != "<none>", (command, out.stdout)
+                actives.append(active.group(1))
+                if crashed:  # the crash moved the role, and status names the move
+                    old, new = actives[0], actives[-1]
+                    assert new != old, (old, out.stdout)
+                    assert f"last failover: {old} -> {new}" in out.stdout, out.stdout
+                    crashed = False
+            if re.fullmatch(r"vipmgr lab fault \S+ crash", command):
+                crashed = True
+        assert len(actives) >= 2, actives
     finally:
         destroy(name)
